@@ -1,0 +1,239 @@
+"""One pair of ``torch.library`` custom ops that runs any compiled program.
+
+``scancc::scan`` (forward) and ``scancc::scan_backward`` take the program as its
+canonical JSON string, so a single registration serves every preset: the public ops
+(:mod:`scancc.ops.selective`, ...) only validate arguments, build a program and call
+:func:`run_program`. torch.compile sees an opaque op with a fake kernel, so models
+using scancc trace with ``fullgraph=True``.
+
+Schema (tensors are passed in ``program.tensors()`` order, absent optional ones left
+out and the present names listed in ``names``, because a ``None`` inside a tensor list
+disables a custom op's autograd)::
+
+    scan(str program, str backend, str schedule, str names, Tensor[] inputs,
+         Tensor? initial_state, Tensor? cu_seqlens, bool return_final_state)
+        -> (Tensor out, Tensor final_state)
+    scan_backward(..., Tensor grad_out, Tensor? grad_final_state) -> Tensor[]
+
+``final_state`` is an empty ``(0,)`` tensor when not asked for. The backward op
+*recomputes* the forward with ``save_for_backward=True`` before running the backend's
+backward: the forward op then returns only ``out``/``final_state`` (whose shapes the fake
+kernel knows), instead of backend-specific checkpoints of unknown shape. The cost is one
+extra forward pass per backward. Double backward is not supported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from ..ir import Program, Schedule
+
+DEFAULT_BACKEND = "triton"
+
+
+@functools.lru_cache(maxsize=None)
+def _program(program_json: str) -> Program:
+    return Program.from_json(program_json)
+
+
+@torch.compiler.assume_constant_result
+def input_order(program_json: str) -> str:
+    """The names of ``program.tensors()``, comma-separated (a constant under tracing)."""
+    return ",".join(spec.name for spec in _program(program_json).tensors())
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(program_json: str, backend: str, schedule_json: str):
+    """The :class:`~scancc.backends.base.CompiledScan` for a program, built once and cached."""
+    from .. import compiler
+
+    schedule = Schedule.from_dict(json.loads(schedule_json)) if schedule_json else None
+    return compiler.compile(_program(program_json), backend=backend, schedule=schedule)
+
+
+def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    keys = names.split(",") if names else []
+    if len(keys) != len(inputs):
+        raise ValueError(f"names lists {len(keys)} inputs but {len(inputs)} tensors were given")
+    return {k: t.contiguous() for k, t in zip(keys, inputs)}
+
+
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    return like.new_empty((0,), dtype=torch.float32)
+
+
+# -- shapes, for the fake kernels -------------------------------------------------------------
+def _bind_dims(program: Program, named: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for spec in program.tensors():
+        t = named.get(spec.name)
+        if t is None:
+            continue
+        for dim, size in zip(spec.dims, t.shape):
+            sizes.setdefault(dim, size)
+    return sizes
+
+
+def _main_input(program: Program, named: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return named["u"] if "u" in named else named["x"]
+
+
+def out_meta(program: Program, named: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of ``out``: like ``u``/``x``; complex64 for a complex state read whole."""
+    x = _main_input(program, named)
+    complex_out = program.state.complex and program.readout.kind == "state"
+    return tuple(x.shape), (torch.complex64 if complex_out else x.dtype)
+
+
+def state_meta(
+    program: Program, named: Mapping[str, torch.Tensor], cu_seqlens: Optional[torch.Tensor]
+) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of the initial/final state: ``program.state_dims()`` with
+    ``batch`` replaced by ``num_seqs`` under ``cu_seqlens``; ``dstate`` is 1 when no
+    input carries it (plain scans). float32, or complex64 for a complex state."""
+    sizes = _bind_dims(program, named)
+    sizes.setdefault("dstate", 1)
+    if cu_seqlens is not None:
+        sizes["batch"] = cu_seqlens.shape[0] - 1
+    shape = tuple(sizes[d] for d in program.state_dims())
+    return shape, (torch.complex64 if program.state.complex else torch.float32)
+
+
+# -- forward op ----------------------------------------------------------------------------------
+@torch.library.custom_op("scancc::scan", mutates_args=())
+def scan(
+    program: str,
+    backend: str,
+    schedule: str,
+    names: str,
+    inputs: Sequence[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    return_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    named = _named(names, inputs)
+    fwd = compiled(program, backend, schedule).forward(
+        named,
+        initial_state=None if initial_state is None else initial_state.contiguous(),
+        cu_seqlens=cu_seqlens,
+        return_final_state=return_final_state,
+    )
+    final = fwd.final_state if return_final_state else None
+    return fwd.out, (_empty(fwd.out) if final is None else final)
+
+
+@scan.register_fake
+def _scan_fake(program, backend, schedule, names, inputs, initial_state, cu_seqlens, return_final_state):
+    prog = _program(program)
+    named = dict(zip(names.split(","), inputs))
+    shape, dtype = out_meta(prog, named)
+    x = _main_input(prog, named)
+    out = x.new_empty(shape, dtype=dtype)
+    if not return_final_state:
+        return out, _empty(x)
+    s_shape, s_dtype = state_meta(prog, named, cu_seqlens)
+    return out, x.new_empty(s_shape, dtype=s_dtype)
+
+
+# -- backward op ---------------------------------------------------------------------------------
+@torch.library.custom_op("scancc::scan_backward", mutates_args=())
+def scan_backward(
+    program: str,
+    backend: str,
+    schedule: str,
+    names: str,
+    inputs: Sequence[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    grad_out: torch.Tensor,
+    grad_final_state: Optional[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Gradients of every present input (in ``names`` order), then of ``initial_state`` if given."""
+    kernel = compiled(program, backend, schedule)
+    named = _named(names, inputs)
+    h0 = None if initial_state is None else initial_state.contiguous()
+    fwd = kernel.forward(named, initial_state=h0, cu_seqlens=cu_seqlens,
+                         return_final_state=grad_final_state is not None, save_for_backward=True)
+    grads = kernel.backward(
+        fwd, named, grad_out.contiguous(),
+        None if grad_final_state is None else grad_final_state.contiguous(),
+        initial_state=h0, cu_seqlens=cu_seqlens,
+    )
+    keys = list(named) + (["initial_state"] if h0 is not None else [])
+    tensors = list(named.values()) + ([h0] if h0 is not None else [])
+    result = []
+    for key, t in zip(keys, tensors):
+        g = grads.get(key)
+        if g is None:
+            if t.dtype.is_floating_point or t.dtype.is_complex:
+                raise RuntimeError(f"backend {backend!r} returned no gradient for {key!r}")
+            g = torch.zeros_like(t)
+        result.append(g)
+    return result
+
+
+@scan_backward.register_fake
+def _scan_backward_fake(program, backend, schedule, names, inputs, initial_state, cu_seqlens, grad_out,
+                        grad_final_state):
+    grads = [torch.empty_like(t) for t in inputs]
+    if initial_state is not None:
+        grads.append(torch.empty_like(initial_state))
+    return grads
+
+
+# -- autograd ------------------------------------------------------------------------------------
+def _setup_context(ctx, inputs, output) -> None:
+    program, backend, schedule, names, tensors, initial_state, cu_seqlens, return_final_state = inputs
+    ctx.config = (program, backend, schedule, names, return_final_state)
+    ctx.count = len(tensors)
+    ctx.has_state = initial_state is not None
+    ctx.has_cu = cu_seqlens is not None
+    saved = list(tensors) + ([initial_state] if ctx.has_state else []) + ([cu_seqlens] if ctx.has_cu else [])
+    ctx.save_for_backward(*saved)
+
+
+def _backward(ctx, grad_out: torch.Tensor, grad_final_state: torch.Tensor):
+    program, backend, schedule, names, return_final_state = ctx.config
+    saved = ctx.saved_tensors
+    tensors = list(saved[: ctx.count])
+    initial_state = saved[ctx.count] if ctx.has_state else None
+    cu_seqlens = saved[-1] if ctx.has_cu else None
+    grads = scan_backward(program, backend, schedule, names, tensors, initial_state, cu_seqlens, grad_out,
+                          grad_final_state if return_final_state else None)
+    differentiable = [t.dtype.is_floating_point or t.dtype.is_complex for t in tensors]
+    input_grads = [g if ok else None for g, ok in zip(grads, differentiable)]
+    state_grad = grads[ctx.count] if ctx.has_state else None
+    return None, None, None, None, input_grads, state_grad, None, None
+
+
+scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+# -- Python entry point --------------------------------------------------------------------------
+def run_program(
+    program_json: str,
+    inputs: Mapping[str, Optional[torch.Tensor]],
+    *,
+    initial_state: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    return_final_state: bool = False,
+    backend: str = DEFAULT_BACKEND,
+    schedule: str = "",
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Run a program through ``scancc::scan``; returns ``(out, final_state or None)``.
+
+    ``inputs`` maps ``program.tensors()`` names to tensors (absent optional ones may be
+    missing or ``None``) already in the backend's form (complex quantities complex64).
+    Arguments are not validated here; the public ops do that. ``program_json`` must be
+    ``program.to_json()`` and ``schedule`` ``Schedule.to_json()`` or ``""`` (default).
+    """
+    order = input_order(program_json).split(",")
+    present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]
+    names = ",".join(k for k, _ in present)
+    out, final = scan(program_json, backend, schedule, names, [t for _, t in present], initial_state, cu_seqlens,
+                      return_final_state)
+    return out, (final if return_final_state else None)

@@ -1,0 +1,151 @@
+"""``selective_scan_fn``: mamba-ssm's Mamba-1 selective scan, as a drop-in op."""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Union
+
+import torch
+
+from ..ir import selective
+from . import checks as ck
+from .registry import run_program
+
+WEIGHT_DTYPES = (torch.float32, torch.complex64)
+
+
+@functools.lru_cache(maxsize=None)
+def _json(*flags: bool) -> str:
+    complex_, varying_b, varying_c, skip, gate, bias, softplus = flags
+    return selective(complex=complex_, varying_B=varying_b, varying_C=varying_c, skip=skip, gate=gate,
+                     delta_bias=bias, delta_softplus=softplus).to_json()
+
+
+@torch.compiler.assume_constant_result
+def program_json(complex_: bool, varying_b: bool, varying_c: bool, skip: bool, gate: bool, bias: bool,
+                 softplus: bool) -> str:
+    """The selective-scan program (canonical JSON) for the given optional parts."""
+    return _json(complex_, varying_b, varying_c, skip, gate, bias, softplus)
+
+
+def _as_complex(t: torch.Tensor) -> torch.Tensor:
+    """``(..., 2L)`` real with (re, im) interleaved → ``(..., L)`` complex64, a view when possible."""
+    if t.dtype != torch.float32:
+        t = t.float()
+    if not t.is_contiguous() or t.storage_offset() % 2:
+        t = t.contiguous()
+    return torch.view_as_complex(t.unflatten(-1, (t.shape[-1] // 2, 2)))
+
+
+def _b_or_c(name: str, t: object, u: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Validate B or C; return it in the kernel's form (complex64 for complex A) and
+    whether it varies over time (``(batch, groups, dstate, seqlen)``) or not (``(dim, dstate)``)."""
+    t = ck.check_tensor(name, t)
+    batch, dim, seqlen = u.shape
+    dstate = A.shape[1]
+    cplx = A.is_complex()
+    ck.check_device(name, t, "u", u)
+    if t.dim() == 2:
+        allowed = (torch.complex64, torch.float32) if cplx else (torch.float32,)
+        ck.check_dtype(name, t, allowed, " (a time-invariant B/C has A's dtype)")
+        ck.check_shape(name, t, [("dim", dim), ("dstate", dstate)])
+        return (t.to(torch.complex64) if cplx else t), False
+
+    # Varying: real in u's dtype (complex A: re/im interleaved, length 2L), or complex64.
+    if t.is_complex():
+        if not cplx:
+            raise TypeError(f"{name}: expected a real dtype ({u.dtype}, the dtype of u) because A is real, "
+                            f"got {t.dtype}")
+        ck.check_dtype(name, t, (torch.complex64,))
+    else:
+        ck.check_same_dtype(name, t, "u", u)
+    interleaved = cplx and not t.is_complex()
+    length = ("2*seqlen", 2 * seqlen) if interleaved else ("seqlen", seqlen)
+    options = [[("batch", batch), ("dstate", dstate), length],
+               [("batch", batch), ("groups", None), ("dstate", dstate), length],
+               [("dim", dim), ("dstate", dstate)]]
+    ok = t.dim() in (3, 4) and t.shape[0] == batch and t.shape[-2] == dstate and t.shape[-1] == length[1]
+    if not ok:
+        ck.shape_error(name, t, options, "with dim % groups == 0")
+    if t.dim() == 4 and (t.shape[1] < 1 or dim % t.shape[1] != 0):
+        ck.shape_error(name, t, options[1:2], "with dim % groups == 0")
+    if interleaved:
+        t = _as_complex(t)
+    return (t.unsqueeze(1) if t.dim() == 3 else t), True
+
+
+def selective_scan_fn(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+    *,
+    initial_state: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Mamba-1's selective scan with mamba-ssm's signature and semantics.
+
+    ``Δ = softplus(delta + delta_bias)`` (softplus if ``delta_softplus``);
+    ``h_t = exp(Δ_t A) h_{t−1} + Δ_t B_t u_t``; ``y_t = Σ_n C_t h_t + D u_t``
+    (complex A: ``2·Re(Σ_n C_t h_t)``); ``out = y · silu(z)``.
+
+    Args:
+        u, delta: ``(batch, dim, seqlen)``, float32/float16/bfloat16 (one dtype).
+        A: ``(dim, dstate)`` float32 or complex64.
+        B, C: ``(batch, dstate, seqlen)`` (one group), ``(batch, groups, dstate, seqlen)``
+            with ``dim % groups == 0``, both in u's dtype, or time-invariant ``(dim, dstate)``
+            in A's dtype. With complex A a varying B/C is real with (re, im) interleaved
+            along the last axis (length ``2*seqlen``, viewed as complex64 without a copy
+            when float32 and contiguous) or complex64 ``(..., seqlen)``.
+        D, delta_bias: ``(dim,)`` float32.
+        z: ``(batch, dim, seqlen)`` in u's dtype.
+        initial_state: ``(batch, dim, dstate)`` (``(num_seqs, dim, dstate)`` with
+            ``cu_seqlens``), float32 (complex64 for complex A); gradients flow into it.
+        cu_seqlens: ``(num_seqs + 1,)`` int32/int64 boundaries of sequences packed along
+            seqlen (batch must be 1); states never cross a boundary.
+
+    Returns:
+        ``out (batch, dim, seqlen)`` in u's dtype, and with ``return_last_state`` also
+        ``last_state (batch or num_seqs, dim, dstate)`` float32 (complex64 for complex A).
+    """
+    u = ck.check_tensor("u", u)
+    ck.check_dtype("u", u, ck.ACTIVATION_DTYPES)
+    if u.dim() != 3:
+        ck.shape_error("u", u, [[("batch", None), ("dim", None), ("seqlen", None)]])
+    batch, dim, seqlen = u.shape
+    ck.check_seqlen("u", seqlen)
+    seq = [("batch", batch), ("dim", dim), ("seqlen", seqlen)]
+    delta = ck.check_arg("delta", delta, seq, "u", u)
+    A = ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
+    B, varying_b = _b_or_c("B", B, u, A)
+    C, varying_c = _b_or_c("C", C, u, A)
+    vec = [("dim", dim)]
+    if D is not None:
+        D = ck.check_arg("D", D, vec, "u", u, (torch.float32,))
+    if z is not None:
+        z = ck.check_arg("z", z, seq, "u", u)
+    if delta_bias is not None:
+        delta_bias = ck.check_arg("delta_bias", delta_bias, vec, "u", u, (torch.float32,))
+    softplus = ck.check_flag("delta_softplus", delta_softplus)
+    want_state = ck.check_flag("return_last_state", return_last_state)
+    rows = batch
+    if cu_seqlens is not None:
+        rows = ck.check_cu_seqlens(cu_seqlens, batch, seqlen, "u", u)
+    if initial_state is not None:
+        initial_state = ck.check_state("initial_state", initial_state,
+                                       [("batch" if cu_seqlens is None else "num_seqs", rows), ("dim", dim),
+                                        ("dstate", A.shape[1])], A.dtype, "u", u)
+
+    prog = program_json(A.is_complex(), varying_b, varying_c, D is not None, z is not None, delta_bias is not None,
+                        softplus)
+    out, last = run_program(
+        prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
+        initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state,
+    )
+    return (out, last) if want_state else out
