@@ -1,0 +1,176 @@
+"""Mamba-1 selective scan, bf16, with ``z`` gate, ``D`` skip, ``delta_bias`` and softplus.
+
+Shapes (mamba-ssm layout, ``B``/``C`` shared by all channels: ``(batch, 1, N, L)``):
+B4 D5120 N16 L4096, B8 D1536 N16 L4096 and B1 D5120 N16 L65536; forward and
+forward+backward. scancc's ``selective_scan_fn`` against mamba-ssm's pure-PyTorch
+``selective_scan_ref`` (where it fits in memory) and, as quoted rows, mamba-ssm's CUDA
+kernel and the floors from ``/work/shared/anchors.md`` (its CUDA extension is not built here).
+
+Bytes (the least any kernel must move): forward reads ``u, delta, z`` (B·D·L each), ``B, C``
+(B·N·L each) and writes ``out``; the backward also reads ``dout`` and the forward inputs once
+more and writes ``du, ddelta, dz, dB, dC`` (the fp32 ``A, D, delta_bias`` and their grads are
+negligible). Forward outputs are checked against the float64 oracle on 16 channels.
+
+    PYTHONPATH=.anchors python benchmarks/bench_selective_scan.py --out results/
+    python benchmarks/bench_selective_scan.py --smoke --out /tmp/bench   # CPU, interpreter
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+IMPLS = ("scancc", "mamba_ssm selective_scan_ref")
+MODES = ("fwd", "fwd+bwd")
+FULL_SHAPES = [(4, 5120, 16, 4096), (8, 1536, 16, 4096), (1, 5120, 16, 65536)]
+SMOKE_SHAPES = [(1, 8, 4, 64)]
+CHECK_CHANNELS = 16
+REF_MEMORY_FRACTION = 0.8
+# mamba-ssm's CUDA selective_scan_fn and the floors on an H100, from /work/shared/anchors.md (2026-11-22).
+ANCHORS = [
+    ((4, 5120, 16, 4096), "fwd", "mamba-ssm CUDA (anchors.md)", 1.456, ""),
+    ((4, 5120, 16, 4096), "fwd+bwd", "mamba-ssm CUDA (anchors.md)", 7.97, ""),
+    ((4, 5120, 16, 4096), "fwd", "floor (anchors.md)", 0.37, "1.34 G exp2 at 16/clk/SM; bytes alone 0.22 ms"),
+    ((8, 1536, 16, 4096), "fwd", "mamba-ssm CUDA (anchors.md)", 0.885, ""),
+    ((8, 1536, 16, 4096), "fwd+bwd", "mamba-ssm CUDA (anchors.md)", 4.80, ""),
+    ((1, 5120, 16, 65536), "fwd", "mamba-ssm CUDA (anchors.md)", 7.50, ""),
+]
+
+
+def shape_name(batch: int, dim: int, dstate: int, seqlen: int) -> str:
+    return f"B{batch} D{dim} N{dstate} L{seqlen}"
+
+
+def min_bytes(batch: int, dim: int, dstate: int, seqlen: int, mode: str) -> float:
+    """Least bytes moved (bf16 activations): see the module docstring."""
+    seq, bc = batch * dim * seqlen, batch * dstate * seqlen
+    fwd = 2.0 * (3 * seq + 2 * bc + seq)
+    if mode == "fwd":
+        return fwd
+    return fwd + 2.0 * ((3 * seq + 2 * bc + seq) + (3 * seq + 2 * bc))
+
+
+def _ref_bytes(batch: int, dim: int, dstate: int, seqlen: int, mode: str) -> float:
+    """Rough peak memory of ``selective_scan_ref``: four fp32 (B, D, L, N) tensors, ~2.5× with autograd."""
+    full = 4.0 * 4 * batch * dim * seqlen * dstate
+    return full if mode == "fwd" else 2.5 * full
+
+
+def load_impl(name: str) -> Callable[..., Any]:
+    """A function with mamba-ssm's ``selective_scan_fn`` signature."""
+    if name == "scancc":
+        from scancc.ops import selective_scan_fn
+
+        return selective_scan_fn
+    if name == "mamba_ssm selective_scan_ref":
+        # The module imports mamba-ssm's CUDA extension at the top; only the pure-PyTorch
+        # reference is used here, so an empty module stands in for the extension.
+        sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_ref
+        except ImportError as exc:
+            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH; needs einops)") from None
+        return selective_scan_ref
+    raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+
+
+def make_inputs(batch: int, dim: int, dstate: int, seqlen: int, device: str) -> dict[str, Any]:
+    """Random inputs in the ranges a trained Mamba-1 sees (decays exp(Δ·A) mostly in (0.5, 1))."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    bf16, f32 = torch.bfloat16, torch.float32
+
+    def randn(*shape: int, dtype: torch.dtype = bf16, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, device=device, generator=gen)).to(dtype)
+
+    return {
+        "u": randn(batch, dim, seqlen),
+        "delta": randn(batch, dim, seqlen, scale=0.5),
+        "A": -(0.5 + torch.rand(dim, dstate, device=device, generator=gen)),
+        "B": randn(batch, 1, dstate, seqlen),
+        "C": randn(batch, 1, dstate, seqlen),
+        "D": randn(dim, dtype=f32),
+        "z": randn(batch, dim, seqlen),
+        "delta_bias": -2.0 + 0.5 * torch.rand(dim, device=device, generator=gen),
+    }
+
+
+def oracle_error(inputs: dict[str, Any], out: Any) -> float:
+    """rel-L2 of ``out[0, :16]`` against the float64 oracle on batch 0, channels 0..15."""
+    from scancc.ir import selective
+    from scancc.oracle import sequential
+
+    c = CHECK_CHANNELS
+    sliced = {
+        "u": inputs["u"][:1, :c], "delta": inputs["delta"][:1, :c], "A": inputs["A"][:c],
+        "B": inputs["B"][:1], "C": inputs["C"][:1], "D": inputs["D"][:c], "z": inputs["z"][:1, :c],
+        "delta_bias": inputs["delta_bias"][:c],
+    }
+    ref = sequential(selective(), {k: v.detach().float().cpu() for k, v in sliced.items()})
+    ref_out = getattr(ref, "out", ref)
+    return common.rel_l2(out[:1, :c], ref_out)
+
+
+def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
+    import torch
+
+    batch, dim, dstate, seqlen = case["shape"]
+    mode = case["mode"]
+    if case["impl"] != "scancc" and device == "cuda":
+        need = _ref_bytes(batch, dim, dstate, seqlen, mode)
+        have = REF_MEMORY_FRACTION * torch.cuda.get_device_properties(0).total_memory
+        if need > have:
+            return {"status": f"skipped: needs ~{need / 2**30:.0f} GiB of GPU memory"}
+    fn = load_impl(case["impl"])
+    inputs = make_inputs(batch, dim, dstate, seqlen, device)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+    def forward() -> torch.Tensor:
+        return fn(*(inputs[n] for n in names), delta_softplus=True)
+
+    with torch.no_grad():
+        err = oracle_error(inputs, forward())
+    if mode == "fwd":
+        ms = common.bench_ms(forward, device)
+    else:
+        for n in names:
+            inputs[n].requires_grad_(True)
+        grad_out = torch.randn(batch, dim, seqlen, device=device).to(torch.bfloat16)
+        leaves = [inputs[n] for n in names]
+        ms = common.bench_ms(lambda: torch.autograd.grad(forward(), leaves, grad_out), device)
+    return {"time_ms": ms, "err": err}
+
+
+def plan(args: argparse.Namespace) -> dict[str, Any]:
+    shapes = SMOKE_SHAPES if args.smoke else FULL_SHAPES
+    cases = [{"impl": impl, "shape": shape, "mode": mode} for shape in shapes for mode in MODES for impl in IMPLS]
+
+    def make_row(case: dict[str, Any]) -> common.Row:
+        shape, mode = tuple(case["shape"]), case["mode"]
+        return common.Row(bench="selective_scan", case=shape_name(*shape), impl=case["impl"], mode=mode,
+                          dtype="bfloat16", bytes=min_bytes(*shape, mode), group=f"{shape_name(*shape)} {mode}",
+                          note="rel-L2: forward output" if mode != "fwd" else "")
+
+    refs = [] if args.smoke else [
+        common.Row(bench="selective_scan", case=shape_name(*shape), impl=impl, mode=mode, dtype="bfloat16",
+                   status="reference", time_ms=ms, bytes=min_bytes(*shape, mode),
+                   group=f"{shape_name(*shape)} {mode}", note=note or "H100 2026-11-22, not this run")
+        for shape, mode, impl, ms, note in ANCHORS
+    ]
+    return {"name": "selective_scan", "title": "Mamba-1 selective scan (bf16, z, D, delta_bias, softplus)",
+            "cases": cases, "make_row": make_row, "reference_rows": refs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return common.main_for(__file__, __doc__.splitlines()[0], run_case, plan, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Run the scancc benchmarks on a CUDA GPU (written for an H100) with the peers from .anchors/.
+#
+#   usage: benchmarks/run_h100.sh [linear|selective|all]     (default: all)
+#
+# Results go to $OUT (default ./bench-results): <bench>.jsonl, <bench>.md and <bench>.log.
+# Peers: prepare .anchors/ once on a machine with network access
+#   PYTHON=.venv/bin/python /work/shared/bench/prepare_anchors.sh .anchors
+# and bring it along; scancc itself is imported from this checkout (no install needed
+# where torch, triton, numpy and jinja2 are present).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which=${1:-all}
+out=${OUT:-bench-results}
+py=${PYTHON:-python3}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/.anchors:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+[ -d .anchors ] || echo "warning: no .anchors/ here: peer rows will read 'unavailable'" >&2
+$py -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(torch.cuda.get_device_name(), torch.__version__)"
+
+status=0
+run() {  # run <name>: one benchmark script, its output also kept in $out/<name>.log
+  set -o pipefail
+  $py "benchmarks/bench_$1.py" --out "$out" 2>&1 | tee "$out/$1.log" || status=1
+}
+case "$which" in
+  linear) run linear_scan ;;
+  selective) run selective_scan ;;
+  all) run linear_scan; run selective_scan ;;
+  *) echo "usage: $0 [linear|selective|all]" >&2; exit 2 ;;
+esac
+exit $status
