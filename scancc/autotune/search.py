@@ -1,0 +1,299 @@
+"""Searching a space: evaluate candidates behind a correctness gate, exhaustively or by successive halving.
+
+Every candidate is compiled, run once on fresh inputs and compared with the trusted
+result (relative L2 error, NaN never passes) *before* it is timed; a candidate that
+fails to compile, raises when launched or computes something else is recorded with
+that status and never timed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..backends.base import Backend, CompiledScan
+from ..ir import Schedule
+from .problem import Problem
+from .target import compile_with
+from .timing import Measurement, RotatingInputs, Timer, measure
+
+OK, COMPILE_ERROR, LAUNCH_ERROR, MISMATCH = "ok", "compile_error", "launch_error", "mismatch"
+
+# Two kernels that each meet the oracle's tolerance (recurrences.md) may differ by about twice it.
+GATE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 2e-3, torch.bfloat16: 4e-2, torch.float16: 4e-2}
+
+Outputs = tuple[torch.Tensor, Optional[torch.Tensor]]
+"""A call's result: the readout ``out`` and, in step mode, the state as updated in place."""
+
+Reference = Callable[[dict[str, torch.Tensor], Optional[torch.Tensor]], Outputs]
+"""A trusted implementation (e.g. the oracle): ``(inputs, state) -> (out, updated state or None)``.
+It receives private copies and may update the state in place."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits of one search: wall-clock ``seconds`` and at most ``trials`` candidates compiled
+    besides the default schedule (``None``: no limit). ``clock`` is injectable for tests."""
+
+    seconds: float = 60.0
+    trials: Optional[int] = None
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seconds, (int, float)) or not self.seconds > 0:
+            raise ValueError(f"Budget.seconds must be a positive number, got {self.seconds!r}")
+        if self.trials is not None and (not isinstance(self.trials, int) or self.trials < 1):
+            raise ValueError(f"Budget.trials must be a positive int or None, got {self.trials!r}")
+
+
+@dataclass
+class Trial:
+    """One candidate's outcome: ``status`` is ok / compile_error / launch_error / mismatch;
+    ``time_s`` is the median of the latest measurement (``None`` unless ok)."""
+
+    schedule: Schedule
+    status: str = OK
+    time_s: Optional[float] = None
+    repeats: int = 0
+    rung: int = 0
+    error: str = ""
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖out − ref‖ / ‖ref‖ in float64 (complex128); ``inf`` for NaN/inf or a shape mismatch."""
+    if out.shape != ref.shape:
+        return math.inf
+    wide = torch.complex128 if (out.is_complex() or ref.is_complex()) else torch.float64
+    a, b = out.detach().to("cpu", wide), ref.detach().to("cpu", wide)
+    if not bool(torch.isfinite(a).all()):
+        return math.inf
+    num, den = float(torch.linalg.vector_norm(a - b)), float(torch.linalg.vector_norm(b))
+    if den == 0.0:
+        return 0.0 if num == 0.0 else math.inf
+    return num / den
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first[:200]
+
+
+class Evaluator:
+    """Compiles, checks and times schedules of one problem on private rotating inputs.
+
+    ``reference`` is the trusted result; when ``None`` the ``default`` schedule's own output
+    is used, and a default that fails is an error (there is nothing to check against).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        problem: Problem,
+        default: Schedule,
+        buffers: RotatingInputs,
+        timer: Timer,
+        *,
+        reference: Optional[Reference] = None,
+        warmup: int = 3,
+        rtol: Optional[float] = None,
+        synchronize: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.backend, self.problem, self.default = backend, problem, default
+        self.buffers, self.timer, self.warmup = buffers, timer, warmup
+        self.rtol = GATE_TOLERANCE[problem.dtype] if rtol is None else rtol
+        self._synchronize = synchronize
+        self._compiled: dict[Schedule, CompiledScan] = {}
+        self.compiles = 0
+        self._reference_fn = reference
+        self._expected: Optional[Outputs] = None
+
+    # -- running ------------------------------------------------------------------------
+    def _call(self, kernel: CompiledScan, i: int) -> Outputs:
+        inputs, state = self.buffers[i]
+        fwd = kernel.forward(inputs, initial_state=state)
+        return fwd.out, state
+
+    def _expected_outputs(self) -> Outputs:
+        if self._expected is None:
+            if self._reference_fn is not None:
+                inputs, state = self.buffers.fresh(0)
+                out, new_state = self._reference_fn(inputs, state)
+                self._expected = (out.detach().clone(), None if new_state is None else new_state.detach().clone())
+            else:
+                trial = Trial(self.default)
+                kernel = self._kernel(trial)
+                if kernel is None:
+                    raise RuntimeError(f"the default schedule {self.default} failed to compile ({trial.error}); "
+                                       "pass a reference to check candidates against")
+                try:
+                    inputs, state = self.buffers.fresh(0)
+                    out, new_state = kernel.forward(inputs, initial_state=state).out, state
+                    self._synchronize()
+                except Exception as exc:  # noqa: BLE001 - any failure of the default is reported as such
+                    raise RuntimeError(f"the default schedule {self.default} failed to run: {_short(exc)}; "
+                                       "pass a reference to check candidates against") from exc
+                self._expected = (out.detach().clone(), None if new_state is None else new_state.detach().clone())
+        return self._expected
+
+    def _kernel(self, trial: Trial) -> Optional[CompiledScan]:
+        kernel = self._compiled.get(trial.schedule)
+        if kernel is not None:
+            return kernel
+        self.compiles += 1
+        try:
+            kernel = compile_with(self.backend, self.problem.program, trial.schedule)
+        except Exception as exc:  # noqa: BLE001 - a candidate that does not compile is a result, not a crash
+            trial.status, trial.error = COMPILE_ERROR, _short(exc)
+            return None
+        self._compiled[trial.schedule] = kernel
+        return kernel
+
+    def check(self, trial: Trial) -> Optional[CompiledScan]:
+        """Compile ``trial.schedule`` and compare one run with the trusted result; on failure set
+        the trial's status and return None."""
+        expected = self._expected_outputs()
+        kernel = self._kernel(trial)
+        if kernel is None:
+            return None
+        try:
+            self.buffers.fresh(0)
+            got = self._call(kernel, 0)
+            self._synchronize()
+        except Exception as exc:  # noqa: BLE001
+            trial.status, trial.error = LAUNCH_ERROR, _short(exc)
+            return None
+        errors = [rel_l2(got[0], expected[0])]
+        if expected[1] is not None:
+            errors.append(math.inf if got[1] is None else rel_l2(got[1], expected[1]))
+        worst = max(errors)
+        if not worst <= self.rtol:
+            trial.status, trial.error = MISMATCH, f"relative L2 error {worst:.3g} > {self.rtol:g}"
+            return None
+        return kernel
+
+    def time(self, trial: Trial, repeats: int, rung: int = 0) -> None:
+        """Measure an already checked trial (``repeats`` timed calls after the warm-up)."""
+        kernel = self._compiled[trial.schedule]
+        try:
+            m: Measurement = measure(lambda i: self._call(kernel, i), self.timer, warmup=self.warmup, repeats=repeats)
+        except Exception as exc:  # noqa: BLE001
+            trial.status, trial.error, trial.time_s = LAUNCH_ERROR, _short(exc), None
+            self.forget(trial.schedule)
+            return
+        trial.status, trial.time_s, trial.repeats, trial.rung = OK, m.median, repeats, rung
+
+    def evaluate(self, schedule: Schedule, repeats: int, rung: int = 0) -> Trial:
+        trial = Trial(schedule, rung=rung)
+        if self.check(trial) is not None:
+            self.time(trial, repeats, rung)
+        return trial
+
+    def forget(self, schedule: Schedule) -> None:
+        """Drop a compiled kernel that will not be timed again."""
+        self._compiled.pop(schedule, None)
+
+
+# -- strategies ------------------------------------------------------------------------
+Progress = Callable[[int, int, Trial], None]
+"""``progress(done, total, trial)`` after each evaluation (``total`` is an estimate under a time budget)."""
+
+
+@dataclass
+class SearchLog:
+    """Every trial in evaluation order; ``finalists``: the ok trials the winner is chosen from."""
+
+    trials: list[Trial] = field(default_factory=list)
+    finalists: list[Trial] = field(default_factory=list)
+    stopped_by: str = ""  # "", "time" or "trials"
+
+
+def _time_left(budget: Budget, started: float, share: float = 1.0) -> bool:
+    return budget.clock() - started < budget.seconds * share
+
+
+def exhaustive(
+    ev: Evaluator, candidates: Sequence[Schedule], budget: Budget, started: float, *, repeats: int,
+    progress: Optional[Progress] = None,
+) -> SearchLog:
+    """Every candidate with ``repeats`` timed calls, in order, until a budget runs out."""
+    log = SearchLog()
+    limit = len(candidates) if budget.trials is None else min(budget.trials, len(candidates))
+    for schedule in candidates:
+        if len(log.trials) >= limit:
+            log.stopped_by = "trials" if limit < len(candidates) else ""
+            break
+        if not _time_left(budget, started):
+            log.stopped_by = "time"
+            break
+        trial = ev.evaluate(schedule, repeats)
+        log.trials.append(trial)
+        if progress is not None:
+            progress(len(log.trials), limit, trial)
+    log.finalists = [t for t in log.trials if t.status == OK]
+    return log
+
+
+def successive_halving(
+    ev: Evaluator, candidates: Sequence[Schedule], budget: Budget, started: float, *, repeats: int,
+    rng: random.Random, eta: int = 3, first_rung_share: float = 0.5, progress: Optional[Progress] = None,
+) -> SearchLog:
+    """Random sample of the candidates, measured cheaply; the best ``1/eta`` advance to the next
+    rung with ``eta`` times more repeats, until one is left or the time runs out.
+
+    The first rung (sampling and checking: the compile-heavy part) may use ``first_rung_share``
+    of the wall-clock budget, so later rungs always get time to re-measure the leaders.
+    """
+    if eta < 2:
+        raise ValueError(f"eta must be at least 2, got {eta}")
+    log = SearchLog()
+    n = len(candidates) if budget.trials is None else min(budget.trials, len(candidates))
+    pool = rng.sample(list(candidates), n)
+    rungs = 1 + max(0, math.ceil(math.log(max(n, 1)) / math.log(eta)))
+    reps = max(1, repeats // eta ** (rungs - 1))
+    total_evals = n + sum(math.ceil(n / eta ** k) for k in range(1, rungs))
+    done = 0
+
+    alive: list[Trial] = []
+    for schedule in pool:
+        if not _time_left(budget, started, first_rung_share):
+            log.stopped_by = "time"
+            break
+        trial = ev.evaluate(schedule, reps, rung=0)
+        log.trials.append(trial)
+        done += 1
+        if progress is not None:
+            progress(done, total_evals, trial)
+        if trial.status == OK:
+            alive.append(trial)
+    if len(log.trials) == n < len(candidates):
+        log.stopped_by = "trials"
+
+    rung = 0
+    while len(alive) > 1 and _time_left(budget, started):
+        rung += 1
+        alive.sort(key=lambda t: t.time_s)  # type: ignore[arg-type, return-value]
+        keep = math.ceil(len(alive) / eta)
+        for t in alive[keep:]:
+            ev.forget(t.schedule)
+        alive = alive[:keep]
+        if keep == 1:
+            break  # the winner is confirmed against the default by the caller
+        reps = min(repeats, reps * eta)
+        for t in list(alive):
+            if not _time_left(budget, started):
+                log.stopped_by = "time"
+                break
+            ev.time(t, reps, rung)
+            done += 1
+            if progress is not None:
+                progress(done, total_evals, t)
+            if t.status != OK:
+                alive.remove(t)
+    log.finalists = alive
+    return log
