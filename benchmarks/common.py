@@ -219,7 +219,7 @@ class Results:
             "|" + "---|" * len(self.COLUMNS),
         ]
         for r in self.rows:
-            cells = (r.case, r.mode, r.dtype, r.impl, r.status, _fmt(r.time_ms, ".3f"), _fmt(r.gbps, ".0f"),
+            cells = (r.case, r.mode, r.dtype, r.impl, r.status, _fmt(r.time_ms, ".3f"), _fmt(r.gbps, ".4g"),
                      _fmt(r.pct_copy, ".1f"), _fmt(r.vs_scancc, ".2f"), _fmt(r.err, ".1e"), r.note)
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
         return "\n".join(lines) + "\n"
