@@ -32,7 +32,8 @@ import torch
 
 from ..ir import Program, Schedule
 
-DEFAULT_BACKEND = "triton"
+DEFAULT_BACKEND = ""
+"""The empty name means the compiler's default (``$SCANCC_BACKEND``, else Triton)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -52,7 +53,7 @@ def compiled(program_json: str, backend: str, schedule_json: str):
     from .. import compiler
 
     schedule = Schedule.from_dict(json.loads(schedule_json)) if schedule_json else None
-    return compiler.compile(_program(program_json), backend=backend, schedule=schedule)
+    return compiler.compile(_program(program_json), backend=backend or None, schedule=schedule)
 
 
 def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,7 +124,7 @@ def scan(
         return_final_state=return_final_state,
     )
     final = fwd.final_state if return_final_state else None
-    return fwd.out, (_empty(fwd.out) if final is None else final)
+    return fwd.out.contiguous(), (_empty(fwd.out) if final is None else final.contiguous())
 
 
 @scan.register_fake
@@ -172,16 +173,16 @@ def scan_backward(
             if t.dtype.is_floating_point or t.dtype.is_complex:
                 raise RuntimeError(f"backend {backend!r} returned no gradient for {key!r}")
             g = torch.zeros_like(t)
-        result.append(g)
+        result.append(g.contiguous())
     return result
 
 
 @scan_backward.register_fake
 def _scan_backward_fake(program, backend, schedule, names, inputs, initial_state, cu_seqlens, grad_out,
                         grad_final_state):
-    grads = [torch.empty_like(t) for t in inputs]
+    grads = [t.new_empty(t.shape) for t in inputs]  # contiguous, like the real op's
     if initial_state is not None:
-        grads.append(torch.empty_like(initial_state))
+        grads.append(initial_state.new_empty(initial_state.shape))
     return grads
 
 
@@ -229,7 +230,8 @@ def run_program(
     ``inputs`` maps ``program.tensors()`` names to tensors (absent optional ones may be
     missing or ``None``) already in the backend's form (complex quantities complex64).
     Arguments are not validated here; the public ops do that. ``program_json`` must be
-    ``program.to_json()`` and ``schedule`` ``Schedule.to_json()`` or ``""`` (default).
+    ``program.to_json()``, ``backend`` a backend name or ``""`` (the compiler's default) and
+    ``schedule`` ``Schedule.to_json()`` or ``""`` (the backend's default).
     """
     order = input_order(program_json).split(",")
     present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]

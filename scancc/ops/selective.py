@@ -32,7 +32,9 @@ def _as_complex(t: torch.Tensor) -> torch.Tensor:
     """``(..., 2L)`` real with (re, im) interleaved → ``(..., L)`` complex64, a view when possible."""
     if t.dtype != torch.float32:
         t = t.float()
-    if not t.is_contiguous() or t.storage_offset() % 2:
+    # view_as_complex needs an even storage offset (not inspectable while tracing: a
+    # traced call with an odd offset fails loudly in view_as_complex).
+    if not t.is_contiguous() or (not torch.compiler.is_compiling() and t.storage_offset() % 2):
         t = t.contiguous()
     return torch.view_as_complex(t.unflatten(-1, (t.shape[-1] // 2, 2)))
 
@@ -99,7 +101,7 @@ def selective_scan_fn(
         u, delta: ``(batch, dim, seqlen)``, float32/float16/bfloat16 (one dtype).
         A: ``(dim, dstate)`` float32 or complex64.
         B, C: ``(batch, dstate, seqlen)`` (one group), ``(batch, groups, dstate, seqlen)``
-            with ``dim % groups == 0``, both in u's dtype, or time-invariant ``(dim, dstate)``
+            with ``dim % groups == 0`` (the same groups for B and C), in u's dtype, or time-invariant ``(dim, dstate)``
             in A's dtype. With complex A a varying B/C is real with (re, im) interleaved
             along the last axis (length ``2*seqlen``, viewed as complex64 without a copy
             when float32 and contiguous) or complex64 ``(..., seqlen)``.
@@ -125,6 +127,9 @@ def selective_scan_fn(
     A = ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
     B, varying_b = _b_or_c("B", B, u, A)
     C, varying_c = _b_or_c("C", C, u, A)
+    if varying_b and varying_c and B.shape[1] != C.shape[1]:
+        raise ValueError(f"C: expected groups={B.shape[1]} (the groups of B), got groups={C.shape[1]}; "
+                         "a (batch, dstate, seqlen) B/C has one group")
     vec = [("dim", dim)]
     if D is not None:
         D = ck.check_arg("D", D, vec, "u", u, (torch.float32,))

@@ -1,0 +1,184 @@
+"""The generic custom-op pair: opcheck, gradcheck, fake kernels and torch.compile."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from ops_reference import DEVICE, assert_close
+
+from scancc.ir import linear, lti, selective
+from scancc.ops import linear_scan, lti_scan, selective_scan_fn
+from scancc.ops.registry import scan, scan_backward
+
+
+def gen_(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def selective_case(complex_: bool = False):
+    """``(program_json, names, tensors, initial_state)`` for a small selective scan."""
+    g = gen_(1)
+    b, d, n, length = 1, 2, 3, 5
+    u, delta, z = (torch.randn(b, d, length, generator=g) for _ in range(3))
+    A = -torch.rand(d, n, generator=g) - 0.1
+    B, C = torch.randn(b, 1, n, length, generator=g), torch.randn(b, 1, n, length, generator=g)
+    h0 = torch.randn(b, d, n, generator=g)
+    if complex_:
+        A = torch.complex(A, torch.randn(d, n, generator=g))
+        B, C, h0 = B.to(torch.complex64), C.to(torch.complex64), h0.to(torch.complex64)
+    D, bias = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    program = selective(complex=complex_).to_json()
+    names = "u,delta,A,B,C,D,z,delta_bias"
+    tensors = [t.to(DEVICE) for t in (u, delta, A, B, C, D, z, bias)]
+    return program, names, tensors, h0.to(DEVICE)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_opcheck_scan(complex_: bool) -> None:
+    program, names, tensors, h0 = selective_case(complex_)
+    tensors = [t.requires_grad_() for t in tensors]
+    h0.requires_grad_()
+    for state in (None, h0):
+        for want in (False, True):
+            torch.library.opcheck(scan, (program, "", "", names, tensors, state, None, want))
+
+
+def test_opcheck_scan_varlen_and_backward() -> None:
+    program = linear().to_json()
+    g = gen_(2)
+    a, x = torch.rand(1, 2, 9, generator=g, device=DEVICE), torch.randn(1, 2, 9, generator=g, device=DEVICE)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32, device=DEVICE)
+    h0 = torch.randn(2, 2, 1, device=DEVICE)
+    torch.library.opcheck(scan, (program, "", "", "a,x", [a, x], h0, cu, True))
+    grad_out, grad_final = torch.randn_like(x), torch.randn(2, 2, 1, device=DEVICE)
+    torch.library.opcheck(scan_backward, (program, "", "", "a,x", [a, x], h0, cu, grad_out, grad_final))
+
+
+@pytest.mark.filterwarnings("ignore:Input #")
+def test_gradcheck_selective() -> None:
+    """Finite differences in float32 (the kernels reject float64): loose but independent of any reference."""
+    program, names, tensors, h0 = selective_case()
+    tensors = [t.requires_grad_() for t in tensors]
+
+    def fn(*args):
+        out, final = scan(program, "", "", names, list(args[:-1]), args[-1], None, True)
+        return out, final
+
+    assert torch.autograd.gradcheck(fn, (*tensors, h0.requires_grad_()), eps=1e-2, atol=5e-3, rtol=5e-3,
+                                    fast_mode=True)
+
+
+@pytest.mark.filterwarnings("ignore:Input #")
+def test_gradcheck_linear_complex() -> None:
+    g = gen_(3)
+    a = torch.polar(0.5 + 0.4 * torch.rand(1, 2, 6, generator=g), torch.rand(1, 2, 6, generator=g) * 6)
+    x = torch.randn(1, 2, 6, generator=g, dtype=torch.complex64)
+    h0 = torch.randn(1, 2, generator=g, dtype=torch.complex64)
+    args = tuple(t.to(DEVICE).requires_grad_() for t in (a, x, h0))
+
+    def fn(a, x, h0):
+        return linear_scan(a, x, initial_state=h0, return_final_state=True)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-2, atol=5e-3, rtol=5e-3, fast_mode=True)
+
+
+def fake_cases():
+    g = gen_(4)
+    u = torch.randn(1, 4, 7, generator=g, dtype=torch.bfloat16)
+    A = torch.complex(-torch.rand(4, 3, generator=g), torch.randn(4, 3, generator=g))
+    Bv = torch.randn(1, 2, 3, 7, generator=g, dtype=torch.complex64)
+    cu = torch.tensor([0, 3, 7])
+    yield selective(complex=True, varying_C=False, skip=False, gate=False, delta_bias=False), "u,delta,A,B,C", \
+        [u, u, A, Bv, A], None, cu
+    a, x = torch.polar(torch.rand(3, 2, 7, generator=g), torch.rand(3, 2, 7, generator=g)), torch.randn(3, 2, 7)
+    yield linear(complex=True), "a,x", [a, x], torch.zeros(3, 2, 1, dtype=torch.complex64), None
+    yield lti(discretization="bilinear", complex=False), "u,delta,A,B,C", \
+        [u, torch.rand(4), -torch.rand(4, 5), torch.rand(4, 5), torch.rand(4, 5)], None, None
+
+
+@pytest.mark.parametrize("want", [False, True])
+def test_fake_kernels_match_eager(want: bool) -> None:
+    """The fake kernels give the shapes and dtypes the real op gives."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for program, names, tensors, state, cu in fake_cases():
+        args = (program.to_json(), "", "", names, [t.to(DEVICE) for t in tensors],
+                None if state is None else state.to(DEVICE), None if cu is None else cu.to(DEVICE), want)
+        real = scan(*args)
+        mode = FakeTensorMode()
+        fake_args = tuple([mode.from_tensor(t) for t in a] if isinstance(a, list) else
+                          mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+        with mode:
+            fake = scan(*fake_args)
+        assert [(t.shape, t.dtype) for t in fake] == [(t.shape, t.dtype) for t in real], program.name
+
+
+class TinyMamba(torch.nn.Module):
+    """A toy block: projections around a selective scan and a gated linear scan."""
+
+    def __init__(self, dim: int = 4, dstate: int = 3) -> None:
+        super().__init__()
+        g = gen_(5)
+        self.proj = torch.nn.Linear(dim, 2 * dim + 2 * dstate)
+        self.A_log = torch.nn.Parameter(torch.randn(dim, dstate, generator=g) * 0.3)
+        self.D = torch.nn.Parameter(torch.randn(dim, generator=g))
+        self.bias = torch.nn.Parameter(torch.randn(dim, generator=g) * 0.1)
+        self.dim, self.dstate = dim, dstate
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor):
+        d, n = self.dim, self.dstate
+        p = self.proj(x).transpose(1, 2)  # (batch, 2d + 2n, seqlen)
+        u, delta, B, C = torch.split(p, [d, d, n, n], dim=1)
+        y, last = selective_scan_fn(u, delta, -torch.exp(self.A_log), B, C, self.D, u, self.bias, True, True,
+                                    initial_state=h0)
+        gated = linear_scan(torch.sigmoid(delta), y, scale="one_minus_a")
+        return gated, last
+
+
+def _check_compiled(backend: str) -> None:
+    torch.manual_seed(0)
+    model = TinyMamba().to(DEVICE)
+    x = torch.randn(2, 6, 4, device=DEVICE)
+    h0 = torch.randn(2, 4, 3, device=DEVICE, requires_grad=True)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    results = []
+    for fn in (model, compiled):
+        model.zero_grad()
+        h0.grad = None
+        out, last = fn(x, h0)
+        (out.square().sum() + last.sum()).backward()
+        results.append([out, last, h0.grad.clone()] + [p.grad.clone() for p in model.parameters()])
+    for i, (e, c) in enumerate(zip(*results)):
+        assert_close(f"result {i}", c, e, 1e-5)
+
+
+def test_compile_fullgraph_traces_every_op() -> None:
+    """fullgraph tracing (no graph breaks) of all three ops, real and complex, via aot_eager."""
+
+    def fn(u, delta, A, Bi, Ci, a, x, lam, Bl):
+        y1, s1 = selective_scan_fn(u, delta, A, Bi, Ci, delta_softplus=True, return_last_state=True)
+        y2 = linear_scan(a, x)
+        y3 = lti_scan(u, delta[0, :, 0].abs(), lam, Bl, Bl)
+        return y1.sum() + s1.abs().sum() + y2.abs().sum() + y3.sum()
+
+    g = gen_(6)
+    u, delta = torch.randn(1, 2, 5, generator=g), torch.randn(1, 2, 5, generator=g)
+    A = torch.complex(-torch.rand(2, 3, generator=g), torch.randn(2, 3, generator=g))
+    Bi, Ci = torch.randn(1, 3, 10, generator=g), torch.randn(1, 3, 10, generator=g)
+    a = torch.polar(torch.rand(2, 5, generator=g), torch.randn(2, 5, generator=g))
+    x = torch.randn(2, 5, generator=g, dtype=torch.complex64)
+    Bl = torch.randn(2, 3, generator=g, dtype=torch.complex64)
+    args = [t.to(DEVICE).requires_grad_() for t in (u, delta, A, Bi, Ci, a, x, A, Bl)]
+    eager = fn(*args)
+    grads = torch.autograd.grad(eager, args)
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)(*args)
+    cgrads = torch.autograd.grad(compiled, args)
+    assert_close("loss", compiled, eager, 1e-6)
+    for i, (c, e) in enumerate(zip(cgrads, grads)):
+        assert_close(f"grad {i}", c, e, 1e-6)
+
+
+@pytest.mark.slow
+def test_compile_inductor_matches_eager() -> None:
+    """torch.compile(fullgraph=True) with inductor, forward and backward (first compile ~30 s)."""
+    _check_compiled("inductor")
