@@ -51,8 +51,8 @@ class ProgressLine:
     """Progress on stderr: a ``tqdm`` bar when tqdm is installed, else one rewritten line
     (one line per update when stderr is not a terminal)."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
-        self.stream = stream
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
         self.best: Optional[float] = None
         self._bar: Any = None
         try:
@@ -60,7 +60,7 @@ class ProgressLine:
         except ImportError:
             tqdm = None
         if tqdm is not None:
-            self._bar = tqdm(total=0, file=stream, unit="trial", leave=False)
+            self._bar = tqdm(total=0, file=self.stream, unit="trial", leave=False)
 
     def __call__(self, done: int, total: int, trial: Trial) -> None:
         if trial.status == OK and trial.time_s is not None:
@@ -97,7 +97,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         return 2
     progress = ProgressLine()
     options = dict(dtype=dtype, device=args.device, budget=args.budget, trials=args.trials, strategy=args.strategy,
-                   warmup=args.warmup, repeats=args.repeats, seed=args.seed, progress=progress)
+                   warmup=args.warmup, repeats=args.repeats, seed=args.seed, reference=args.reference,
+                   progress=progress)
     try:
         if args.no_save:
             result = tune(program, args.backend, shapes, **options)  # type: ignore[arg-type]
@@ -192,6 +193,8 @@ def add_tune_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20, help="timed calls per final measurement (median)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", choices=("default", "oracle"), default="default",
+                   help="what candidates are checked against: the default schedule's output, or the float64 oracle")
     p.add_argument("--top", type=int, default=20, help="rows of the result table")
     p.add_argument("--no-save", action="store_true", help="do not store the winner in the cache")
     p.set_defaults(func=_cmd_tune)

@@ -14,16 +14,15 @@ DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "fp64": torch.float64, "float64": torch.float64,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {
-    torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64",
+    torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
 }
 DtypeLike = Union[torch.dtype, str]
 
 
 def parse_dtype(dtype: DtypeLike) -> torch.dtype:
-    """``torch.bfloat16`` or one of ``bf16``/``fp16``/``fp32``/``fp64`` (and long names) → torch dtype."""
+    """``torch.bfloat16`` or one of ``bf16``/``fp16``/``fp32`` (and long names) → torch dtype."""
     if isinstance(dtype, torch.dtype):
         if dtype not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES.values())}, got {dtype}")
@@ -62,7 +61,7 @@ class Problem:
     """``program`` at concrete sizes ``dims`` (symbolic name → int, see ``TensorSpec``) and activation ``dtype``.
 
     Build with :meth:`make`, which fills the dimensions a program leaves implicit
-    (``groups=1``, ``rank`` = the program's MIMO rank, ``pairs = dstate // 2``, ``dstate=1``
+    (``groups=1``, ``rank`` = the program's MIMO rank, ``pairs = max(1, dstate // 4)``, ``dstate=1``
     for the plain scan) and checks the rest.
     """
 
@@ -94,7 +93,7 @@ class Problem:
             if dims["rank"] != program.input.rank:
                 raise ValueError(f"shapes['rank'] must equal the program's rank {program.input.rank}, got {dims['rank']}")
         if "pairs" in need and "dstate" in dims:
-            dims.setdefault("pairs", max(1, dims["dstate"] // 2))
+            dims.setdefault("pairs", max(1, dims["dstate"] // 4))
         missing = [d for d in need if d not in dims]
         if missing:
             raise ValueError(f"shapes is missing {missing} for program {program.name!r} (needs {list(need)})")

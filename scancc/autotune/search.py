@@ -16,16 +16,14 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from .. import oracle
 from ..backends.base import Backend, CompiledScan
-from ..ir import Schedule
+from ..ir import Program, Schedule
 from .problem import Problem
 from .target import compile_with
 from .timing import Measurement, RotatingInputs, Timer, measure
 
 OK, COMPILE_ERROR, LAUNCH_ERROR, MISMATCH = "ok", "compile_error", "launch_error", "mismatch"
-
-# Two kernels that each meet the oracle's tolerance (recurrences.md) may differ by about twice it.
-GATE_TOLERANCE = {torch.float64: 1e-6, torch.float32: 2e-3, torch.bfloat16: 4e-2, torch.float16: 4e-2}
 
 Outputs = tuple[torch.Tensor, Optional[torch.Tensor]]
 """A call's result: the readout ``out`` and, in step mode, the state as updated in place."""
@@ -65,17 +63,30 @@ class Trial:
 
 
 def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out − ref‖ / ‖ref‖ in float64 (complex128); ``inf`` for NaN/inf or a shape mismatch."""
-    if out.shape != ref.shape:
+    """:func:`scancc.oracle.rel_l2` (NaN never passes), with a shape mismatch an infinite error."""
+    if tuple(out.shape) != tuple(ref.shape):
         return math.inf
-    wide = torch.complex128 if (out.is_complex() or ref.is_complex()) else torch.float64
-    a, b = out.detach().to("cpu", wide), ref.detach().to("cpu", wide)
-    if not bool(torch.isfinite(a).all()):
-        return math.inf
-    num, den = float(torch.linalg.vector_norm(a - b)), float(torch.linalg.vector_norm(b))
-    if den == 0.0:
-        return 0.0 if num == 0.0 else math.inf
-    return num / den
+    return oracle.rel_l2(out, ref)
+
+
+def gate_tolerance(dtype: torch.dtype, *, against_oracle: bool) -> float:
+    """The oracle's tolerance for ``dtype`` (fp32 allowing tf32 dots); twice that between two
+    kernels, which may each be off by the tolerance in opposite directions."""
+    tol = oracle.tolerance(dtype, tf32=True)
+    return tol if against_oracle else 2 * tol
+
+
+def oracle_reference(program: Program) -> Reference:
+    """The float64 sequential oracle as a :data:`Reference` (run on the host)."""
+
+    def run(inputs: dict[str, torch.Tensor], state: Optional[torch.Tensor]) -> Outputs:
+        host = {k: v.detach().cpu() for k, v in inputs.items()}
+        if program.mode != "step":
+            return oracle.sequential(program, host), None
+        out, new_state = oracle.sequential(program, host, initial_state=None if state is None else state.detach().cpu())
+        return out, new_state["ssm"] if isinstance(new_state, dict) else new_state
+
+    return run
 
 
 def _short(exc: BaseException) -> str:
@@ -87,8 +98,9 @@ def _short(exc: BaseException) -> str:
 class Evaluator:
     """Compiles, checks and times schedules of one problem on private rotating inputs.
 
-    ``reference`` is the trusted result; when ``None`` the ``default`` schedule's own output
-    is used, and a default that fails is an error (there is nothing to check against).
+    ``reference`` is the trusted result (e.g. :func:`oracle_reference`); when ``None`` the
+    ``default`` schedule's own output is used, and a default that fails is an error (there
+    is nothing to check against). ``rtol`` defaults to :func:`gate_tolerance`.
     """
 
     def __init__(
@@ -106,7 +118,7 @@ class Evaluator:
     ) -> None:
         self.backend, self.problem, self.default = backend, problem, default
         self.buffers, self.timer, self.warmup = buffers, timer, warmup
-        self.rtol = GATE_TOLERANCE[problem.dtype] if rtol is None else rtol
+        self.rtol = gate_tolerance(problem.dtype, against_oracle=reference is not None) if rtol is None else rtol
         self._synchronize = synchronize
         self._compiled: dict[Schedule, CompiledScan] = {}
         self.compiles = 0

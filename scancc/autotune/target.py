@@ -15,34 +15,16 @@ _RUNTIMES = {"triton": "triton", "tvm": "tvm", "cuda": "cupy"}
 
 
 def resolve_backend(backend: BackendLike) -> Backend:
-    """A backend object for ``backend`` (returned as is when it already is one).
+    """The registered backend called ``backend`` (:func:`scancc.backends.registry.get_backend`),
+    or ``backend`` itself when it already is a backend object."""
+    if isinstance(backend, str):
+        from ..backends import registry
 
-    Names are looked up through ``scancc.backends.get_backend(name)`` when the package
-    provides it, else in the module ``scancc.backends.<name>``, which must expose a
-    ``BACKEND`` object (or a ``Backend`` class taking no arguments).
-    """
-    if not isinstance(backend, str):
-        for attr in ("name", "default_schedule", "lower", "build"):
-            if not hasattr(backend, attr):
-                raise TypeError(f"backend must be a name or a Backend (missing {attr!r}), got {type(backend).__name__}")
-        return backend
-    import scancc.backends as pkg
-
-    getter = getattr(pkg, "get_backend", None)
-    if callable(getter):
-        return getter(backend)
-    try:
-        module = importlib.import_module(f"scancc.backends.{backend}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"scancc.backends.{backend}":
-            raise
-        raise ValueError(f"unknown backend {backend!r}: there is no module scancc.backends.{backend}") from None
-    obj = getattr(module, "BACKEND", None)
-    if obj is None and isinstance(getattr(module, "Backend", None), type):
-        obj = module.Backend()
-    if obj is None:
-        raise ValueError(f"backend module scancc.backends.{backend} exposes neither BACKEND nor a Backend class")
-    return obj
+        return registry.get_backend(backend)
+    for attr in ("name", "default_schedule", "supports", "lower", "build"):
+        if not hasattr(backend, attr):
+            raise TypeError(f"backend must be a name or a Backend (missing {attr!r}), got {type(backend).__name__}")
+    return backend
 
 
 def backend_version(backend: Backend) -> str:

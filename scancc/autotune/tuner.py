@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 
 from ..ir import Program, Schedule
 from .device import DeviceLike, DeviceLimits, resolve_device
-from .inputs import make_inputs, make_state
+from .inputs import make_inputs
 from .problem import DtypeLike, Problem
-from .search import OK, Budget, Evaluator, Progress, Reference, Trial, exhaustive, successive_halving
+from .search import (OK, Budget, Evaluator, Progress, Reference, Trial, exhaustive, oracle_reference,
+                     successive_halving)
 from .space import Pruned, SearchSpace, space_for_default
 from .target import BackendLike, resolve_backend
 from .timing import RotatingInputs, Timer, copies_for, nbytes, timer_for
@@ -111,7 +112,7 @@ def tune(
     space: Optional[SearchSpace] = None,
     limits: Optional[DeviceLimits] = None,
     timer: Optional[Timer] = None,
-    reference: Optional[Reference] = None,
+    reference: Union[str, Reference] = "default",
     warmup: int = 3,
     repeats: int = 20,
     seed: int = 0,
@@ -127,13 +128,24 @@ def tune(
     point in order; ``halving`` samples ``trials`` points and runs successive halving;
     ``auto`` is exhaustive when at most ``exhaustive_limit`` points (and ``trials``) allow.
     Inputs are random (see :mod:`scancc.autotune.inputs`) and cycled over enough copies to
-    defeat the L2 cache. Results are not stored; see :func:`scancc.autotune.tune_and_store`.
+    defeat the L2 cache. Each candidate's output is first checked against ``reference``:
+    ``"default"`` (the default schedule's output), ``"oracle"`` (the float64 sequential
+    oracle, slow at large shapes) or a callable ``(inputs, state) -> (out, state)``.
+    Results are not stored; see :func:`scancc.autotune.tune_and_store`.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     for name, value, lo in (("warmup", warmup, 0), ("repeats", repeats, 1)):
         if not isinstance(value, int) or value < lo:
             raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
+    if isinstance(reference, str):
+        if reference not in ("default", "oracle"):
+            raise ValueError(f"reference must be 'default', 'oracle' or a callable, got {reference!r}")
+        reference_fn = None if reference == "default" else oracle_reference(program)
+    elif callable(reference):
+        reference_fn = reference
+    else:
+        raise TypeError(f"reference must be 'default', 'oracle' or a callable, got {type(reference).__name__}")
     plan = Budget(float(budget), trials, clock)
     be = resolve_backend(backend)
     problem = Problem.make(program, shapes, dtype)
@@ -144,12 +156,11 @@ def tune(
     pruned = space.prune(problem, limits)
     candidates = [s for s in pruned.feasible if s != default]
 
-    inputs = make_inputs(problem, dev, seed=seed)
-    state = make_state(problem, dev, seed=seed)
+    inputs, state = make_inputs(problem, dev, seed=seed)
     buffers = RotatingInputs(inputs, state, copies_for(nbytes([*inputs.values(), state]), limits.l2_bytes))
     sync: Callable[[], None] = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     ev = Evaluator(be, problem, default, buffers, timer if timer is not None else timer_for(dev),
-                   reference=reference, warmup=warmup, synchronize=sync)
+                   reference=reference_fn, warmup=warmup, synchronize=sync)
 
     started = clock()
     default_trial = ev.evaluate(default, repeats)
