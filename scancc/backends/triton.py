@@ -1,0 +1,425 @@
+"""The Triton backend: Jinja templates → a Python module of ``@triton.jit`` kernels.
+
+:class:`TritonBackend` implements :class:`scancc.backends.base.Backend`. ``lower`` renders
+``scancc/templates/triton/diagonal.py.j2`` for a program of the diagonal family (vector
+state, channel layout: linear/HGRN/RG-LRU, LTI/LRU, Mamba-1 selective); ``build`` imports
+the rendered module from a cache file and wraps its kernels in a :class:`TritonScan`,
+which allocates outputs, computes launch sizes and reduces partial gradients.
+
+Kernels run compiled on CUDA tensors, or on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before ``triton`` is imported).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+import torch
+
+from ..ir import Program, Schedule
+from .base import ScanForward
+from .diagonal import DiagonalPlan, discretize, unsupported_reason
+from .modules import load_source
+from .templating import render
+
+TEMPLATE = "triton/diagonal.py.j2"
+
+# Elements of one state tile (BLOCK_D · BLOCK_N · BLOCK_L) that the kernels keep in
+# registers; complex states hold two values per element.
+TILE_ELEMENTS = 2048
+DEFAULT_BLOCK_L_SCALAR = 2048  # plain scans (one value of state per channel)
+DEFAULT_BLOCK_D_VECTOR = 4     # channels per program when the state has an n axis
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def _is_interpreted(kernel: Any) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - older Triton layouts
+        return False
+    return isinstance(kernel, InterpretedFunction)
+
+
+class TritonBackend:
+    """Lowers diagonal-family programs to Triton (see the module docstring)."""
+
+    name = "triton"
+
+    def available(self) -> bool:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def unsupported_reason(self, program: Program, schedule: Schedule) -> Optional[str]:
+        """Why ``program`` with ``schedule`` cannot be lowered, or ``None``."""
+        reason = unsupported_reason(program)
+        if reason is not None:
+            return reason
+        if schedule.algorithm != "chunked_scan":
+            return f"the Triton diagonal kernels implement algorithm 'chunked_scan', not {schedule.algorithm!r}"
+        if schedule.block_n is not None:
+            return "the diagonal kernels keep the whole state of a channel in one program: leave block_n unset"
+        return None
+
+    def supports(self, program: Program, schedule: Schedule) -> bool:
+        return self.unsupported_reason(program, schedule) is None
+
+    def default_schedule(self, program: Program) -> Schedule:
+        """``chunked_scan`` with 4 warps. Plain scans (no ``dstate``) take tiles of 2048 steps
+        and one channel per program; other programs leave ``block_l``/``block_d`` to
+        :func:`tile_sizes`, which sizes tiles from ``dstate`` at launch."""
+        if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
+            return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L_SCALAR, block_d=1, num_warps=4)
+        return Schedule(algorithm="chunked_scan", num_warps=4)
+
+    def lower(self, program: Program, schedule: Schedule) -> str:
+        reason = self.unsupported_reason(program, schedule)
+        if reason is not None:
+            raise ValueError(f"triton backend cannot lower {program.name!r}: {reason}")
+        return render(TEMPLATE, **template_context(DiagonalPlan.of(program)))
+
+    def build(self, program: Program, schedule: Schedule, source: str) -> "TritonScan":
+        module = load_source(source, "triton", program.name)
+        return TritonScan(program, schedule, source, module)
+
+
+def template_context(plan: DiagonalPlan) -> dict[str, Any]:
+    """The variables ``diagonal.py.j2`` branches on, and its broadcasting suffixes."""
+    p = plan.program
+    nd = plan.has_dstate
+    cplx = plan.complex
+    return dict(
+        p=p, plan=plan, name=p.name, cplx=cplx, nd=nd, x=plan.x, step=plan.step,
+        decay=plan.decay, exp_param=p.decay.param,
+        ik=p.input.kind, scale=p.input.scale, bsrc=p.input.b, Bop="B_bar" if p.input.kind == "discretized" else "B",
+        rk=p.readout.kind, csrc=p.readout.c, rscale=p.readout.scale,
+        rscale_prefix="2.0 * " if p.readout.scale == 2.0 else "",
+        skip=p.readout.skip, gate=p.readout.gate != "none", grouped=plan.grouped,
+        out_complex=cplx and p.readout.kind == "state",
+        grads=[f"d{op.name}" for op in plan.operands],
+        # shapes and broadcasting into the state tile [BLOCK_D, BLOCK_N, BLOCK_L] (or [BLOCK_D, BLOCK_L])
+        TILE="(BLOCK_D, BLOCK_N, BLOCK_L)" if nd else "(BLOCK_D, BLOCK_L)",
+        STATE_SHAPE="[BLOCK_D, BLOCK_N]" if nd else "[BLOCK_D]",
+        DL="[:, None, :]" if nd else "",          # a (d, t) value
+        DN="[:, :, None]",                        # a (d, n) value
+        NL="[None, :, :]",                        # a (n, t) value
+        D1="[:, None, None]" if nd else "[:, None]",  # a (d,) value
+        T="[None, None, :]" if nd else "[None, :]",   # a (t,) mask
+        ST="[:, :, None]" if nd else "[:, None]",     # the carried state
+        LAX=2 if nd else 1,
+        cparts=lambda v: [f"{v}_re", f"{v}_im"] if cplx else [v],
+        op_complex=lambda name: bool(plan.operand(name) and plan.operand(name).complex),
+        zip=zip, inf=math.inf,
+    )
+
+
+@dataclass
+class _Bound:
+    """One call's tensors in kernel form and its sizes."""
+
+    tensors: dict[str, Optional[torch.Tensor]]  # kernel operands (float32 views of complex ones)
+    batch: int
+    dim: int
+    seqlen: int
+    dstate: int
+    groups: int
+    num_seqs: int
+    device: torch.device
+    out_dtype: torch.dtype
+    block_d: int
+    block_n: int
+    block_l: int
+    n_tiles: int
+    n_slots: int
+    cu_seqlens: Optional[torch.Tensor]
+
+
+class TritonScan:
+    """A diagonal-family program compiled to Triton (implements ``CompiledScan``)."""
+
+    backend = "triton"
+
+    def __init__(self, program: Program, schedule: Schedule, source: str, module: Any) -> None:
+        self.program = program
+        self.schedule = schedule
+        self.source = source
+        self.plan = DiagonalPlan.of(program)
+        self._fwd = getattr(module, f"{program.name}_fwd_kernel")
+        self._bwd = getattr(module, f"{program.name}_bwd_kernel")
+
+    def __repr__(self) -> str:
+        return f"TritonScan({self.program.name!r}, {self.schedule.to_json()})"
+
+    def __call__(self, inputs: Mapping[str, Optional[torch.Tensor]], **kwargs: Any):
+        """``out``, or ``(out, final_state)`` with ``return_final_state=True``."""
+        fwd = self.forward(inputs, **kwargs)
+        return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
+
+    # -- binding ----------------------------------------------------------------------------
+    def _kernel_operands(self, inputs: Mapping[str, Optional[torch.Tensor]]) -> dict[str, Optional[torch.Tensor]]:
+        """The kernel's operands by name; LTI's Ā, B̄ discretized here."""
+        ops: dict[str, Optional[torch.Tensor]] = {name: inputs.get(name) for name in inputs}
+        if self.plan.decay == "fixed":
+            with torch.no_grad():
+                ops["A_bar"], ops["B_bar"] = discretize(self.program, inputs["A"], inputs.get("B"),
+                                                        inputs.get("delta"), inputs.get("delta_bias"))
+        return ops
+
+    def _bind(self, inputs: Mapping[str, Optional[torch.Tensor]], cu_seqlens: Optional[torch.Tensor]) -> _Bound:
+        plan = self.plan
+        x = inputs.get(plan.x)
+        if x is None:
+            raise ValueError(f"{self.program.name}: input {plan.x!r} is required")
+        if x.dim() != 3:
+            raise ValueError(f"{self.program.name}: {plan.x} must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
+        batch, dim, seqlen = x.shape
+        if seqlen < 1 or dim < 1 or batch < 1:
+            raise ValueError(f"{self.program.name}: {plan.x} has an empty axis, shape {tuple(x.shape)}")
+        ops = self._kernel_operands(inputs)
+        dstate, groups = 1, 1
+        for op in plan.operands:
+            t = ops.get(op.name)
+            if t is None:
+                if not op.optional:
+                    raise ValueError(f"{self.program.name}: input {op.name!r} is required")
+                continue
+            if t.device != x.device:
+                raise ValueError(f"{self.program.name}: {op.name} is on {t.device}, {plan.x} on {x.device}")
+            if op.layout == "dn":
+                dstate = t.shape[1]
+            elif op.layout == "bc":
+                groups, dstate = t.shape[1], t.shape[2]
+        if dim % groups:
+            raise ValueError(f"{self.program.name}: groups ({groups}) must divide dim ({dim})")
+        chans_per_group = dim // groups
+        device = x.device
+        self._check_device(device)
+
+        tensors: dict[str, Optional[torch.Tensor]] = {}
+        for op in plan.operands:
+            t = ops.get(op.name)
+            if t is not None:
+                if op.complex:
+                    t = torch.view_as_real(t.to(torch.complex64))
+                    unit = t.stride(-2) == 2
+                else:
+                    unit = t.stride(-1) == 1 or t.shape[-1] == 1
+                if not unit:
+                    raise ValueError(f"{self.program.name}: {op.name} must be contiguous along its last axis "
+                                     f"(strides {tuple(t.stride())})")
+            tensors[op.name] = t
+
+        num_seqs = batch
+        if cu_seqlens is not None:
+            if batch != 1:
+                raise ValueError(f"{self.program.name}: cu_seqlens needs batch 1, got batch {batch}")
+            if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+                raise ValueError("cu_seqlens must be (num_seqs + 1,) with num_seqs >= 1")
+            num_seqs = cu_seqlens.shape[0] - 1
+            cu_seqlens = cu_seqlens.to(device=device)
+
+        block_d, block_n, block_l = tile_sizes(self.plan, self.schedule, dim, dstate, chans_per_group)
+        n_tiles = -(-seqlen // block_l)
+        n_slots = num_seqs * n_tiles if cu_seqlens is None else num_seqs + n_tiles
+        cplx_out = plan.complex and self.program.readout.kind == "state"
+        return _Bound(tensors, batch, dim, seqlen, dstate, groups, num_seqs, device,
+                      torch.complex64 if cplx_out else x.dtype, block_d, block_n, block_l, n_tiles, n_slots,
+                      cu_seqlens)
+
+    def _check_device(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            if _is_interpreted(self._fwd):
+                raise RuntimeError("Triton runs in interpreter mode (TRITON_INTERPRET=1), which takes CPU tensors; "
+                                   f"got tensors on {device}")
+            return
+        if device.type == "cpu" and _is_interpreted(self._fwd):
+            return
+        raise RuntimeError(f"the Triton backend runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
+                           f"got tensors on {device}")
+
+    def _state(self, b: _Bound, state: Optional[torch.Tensor], what: str) -> Optional[torch.Tensor]:
+        """A state tensor (num_seqs, dim, dstate) as the kernel reads it."""
+        if state is None:
+            return None
+        want = (b.num_seqs, b.dim, b.dstate)
+        if tuple(state.shape) != want:
+            raise ValueError(f"{self.program.name}: {what} must be {want} (num_seqs, dim, dstate), "
+                             f"got {tuple(state.shape)}")
+        if self.plan.complex:
+            return torch.view_as_real(state.to(torch.complex64).contiguous())
+        return state.contiguous()
+
+    def _state_buffer(self, b: _Bound, rows: int, fill: Optional[float] = None) -> torch.Tensor:
+        shape = (rows, b.dim, b.dstate) + ((2,) if self.plan.complex else ())
+        if fill is None:
+            return torch.empty(shape, device=b.device, dtype=torch.float32)
+        return torch.full(shape, fill, device=b.device, dtype=torch.float32)
+
+    def _operand_args(self, b: _Bound) -> list[Any]:
+        args: list[Any] = []
+        for op in self.plan.operands:
+            t = b.tensors[op.name]
+            args.append(t)
+            nstrides = len(op.strides)
+            args.extend(t.stride()[:nstrides] if t is not None else (0,) * nstrides)
+        return args
+
+    def _flags(self, b: _Bound) -> list[bool]:
+        return [b.tensors[op.name] is not None for op in self.plan.optional_operands]
+
+    def _launch(self, kernel: Any, b: _Bound, args: list[Any]) -> None:
+        grid = (b.num_seqs * (b.dim // b.block_d),)
+        meta = dict(BLOCK_D=b.block_d, BLOCK_N=b.block_n, BLOCK_L=b.block_l,
+                    num_warps=self.schedule.num_warps, num_stages=self.schedule.num_stages)
+        if b.device.type == "cuda":
+            with torch.cuda.device(b.device):
+                kernel[grid](*args, **meta)
+        else:
+            kernel[grid](*args, **meta)
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(
+        self,
+        inputs: Mapping[str, Optional[torch.Tensor]],
+        *,
+        initial_state: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        return_final_state: bool = False,
+        save_for_backward: bool = False,
+    ) -> ScanForward:
+        b = self._bind(inputs, cu_seqlens)
+        h0 = self._state(b, initial_state, "initial_state")
+        out = torch.empty((b.batch, b.dim, b.seqlen), device=b.device, dtype=b.out_dtype)
+        ht = self._state_buffer(b, b.num_seqs) if return_final_state else None
+        ckpt = self._state_buffer(b, b.n_slots) if save_for_backward else None
+        args = self._operand_args(b)
+        args += [torch.view_as_real(out) if out.is_complex() else out, h0, ht, ckpt, b.cu_seqlens,
+                 b.seqlen, b.dim, b.dstate, b.dim // b.groups, b.n_tiles]
+        args += self._flags(b)
+        args += [h0 is not None, ht is not None, ckpt is not None, b.cu_seqlens is not None]
+        self._launch(self._fwd, b, args)
+        final = None
+        if ht is not None:
+            final = torch.view_as_complex(ht) if self.plan.complex else ht
+        return ScanForward(out=out, final_state=final, saved={} if ckpt is None else {"ckpt": ckpt})
+
+    # -- backward ----------------------------------------------------------------------------
+    def backward(
+        self,
+        fwd: ScanForward,
+        inputs: Mapping[str, Optional[torch.Tensor]],
+        grad_out: Optional[torch.Tensor],
+        grad_final_state: Optional[torch.Tensor] = None,
+        *,
+        initial_state: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+    ) -> dict[str, Optional[torch.Tensor]]:
+        ckpt = fwd.saved.get("ckpt")
+        if ckpt is None:
+            raise ValueError("backward needs the ScanForward of forward(..., save_for_backward=True)")
+        b = self._bind(inputs, cu_seqlens)
+        if ckpt.shape[0] != b.n_slots or ckpt.shape[1] != b.dim:
+            raise ValueError(f"{self.program.name}: the checkpoints {tuple(ckpt.shape)} do not belong to these inputs")
+        seq_shape = (b.batch, b.dim, b.seqlen)
+        if grad_out is None:
+            grad_out = torch.zeros(seq_shape, device=b.device, dtype=b.out_dtype)
+        if tuple(grad_out.shape) != seq_shape:
+            raise ValueError(f"{self.program.name}: grad_out must be {seq_shape}, got {tuple(grad_out.shape)}")
+        dout = torch.view_as_real(grad_out.to(torch.complex64)) if b.out_dtype.is_complex else grad_out
+        if dout.stride(-1 if not b.out_dtype.is_complex else -2) != (2 if b.out_dtype.is_complex else 1):
+            dout = dout.contiguous()
+        dht = self._state(b, grad_final_state, "grad_final_state")
+
+        grads: dict[str, Optional[torch.Tensor]] = {}
+        raw: dict[str, Optional[torch.Tensor]] = {}
+        alloc = torch.zeros if b.cu_seqlens is not None else torch.empty
+        for op in self.plan.operands:
+            t = b.tensors[op.name]
+            if t is None:
+                raw[op.name] = None
+                continue
+            trailing = (2,) if op.complex else ()
+            if op.layout == "seq":
+                dtype = torch.float32 if op.complex else t.dtype
+                raw[op.name] = alloc(seq_shape + trailing, device=b.device, dtype=dtype)
+            elif op.layout == "bc":
+                raw[op.name] = torch.zeros(tuple(t.shape[:-1 - len(trailing)]) + (b.seqlen,) + trailing,
+                                           device=b.device, dtype=torch.float32)
+            elif op.layout == "dn":
+                raw[op.name] = torch.empty((b.num_seqs, b.dim, b.dstate) + trailing, device=b.device,
+                                           dtype=torch.float32)
+            else:
+                raw[op.name] = torch.empty((b.num_seqs, b.dim) + trailing, device=b.device, dtype=torch.float32)
+        dh0 = self._state_buffer(b, b.num_seqs) if initial_state is not None else None
+
+        args = self._operand_args(b)
+        args += [dout, dout.stride(0), dout.stride(1), ckpt, dht, b.cu_seqlens]
+        args += [raw[op.name] for op in self.plan.operands] + [dh0]
+        args += [b.seqlen, b.dim, b.dstate, b.dim // b.groups, b.n_tiles]
+        args += self._flags(b)
+        atomic = self.plan.grouped and (b.dim // b.groups) > b.block_d
+        args += [dht is not None, dh0 is not None, b.cu_seqlens is not None, atomic]
+        self._launch(self._bwd, b, args)
+
+        for op in self.plan.operands:
+            g = raw[op.name]
+            if g is not None and op.layout in ("dn", "d"):
+                g = g.sum(0)
+            if g is not None and op.complex:
+                g = torch.view_as_complex(g.contiguous())
+            grads[op.name] = g
+        if self.plan.decay == "fixed":
+            grads.update(self._lti_grads(inputs, grads.pop("A_bar"), grads.pop("B_bar", None)))
+        result: dict[str, Optional[torch.Tensor]] = {}
+        for spec in self.program.tensors():
+            t = inputs.get(spec.name)
+            g = grads.get(spec.name)
+            result[spec.name] = None if t is None or g is None else g.to(t.dtype).reshape(t.shape)
+        if dh0 is not None and initial_state is not None:
+            g0 = torch.view_as_complex(dh0) if self.plan.complex else dh0
+            result["initial_state"] = g0.to(initial_state.dtype)
+        else:
+            result["initial_state"] = None
+        return result
+
+    def _lti_grads(self, inputs: Mapping[str, Optional[torch.Tensor]], d_abar: torch.Tensor,
+                   d_bbar: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
+        """Chain dĀ, dB̄ through the host discretization to A (λ), B, delta, delta_bias."""
+        names = [n for n in ("A", "B", "delta", "delta_bias") if inputs.get(n) is not None]
+        with torch.enable_grad():
+            leaves = {n: inputs[n].detach().requires_grad_(True) for n in names}  # type: ignore[union-attr]
+            abar, bbar = discretize(self.program, leaves["A"], leaves.get("B"), leaves.get("delta"),
+                                    leaves.get("delta_bias"))
+            outs = [abar] + ([bbar] if bbar is not None and d_bbar is not None else [])
+            grads_out = [d_abar] + ([d_bbar] if bbar is not None and d_bbar is not None else [])
+            got = torch.autograd.grad(outs, [leaves[n] for n in names], grads_out, allow_unused=True)
+        return {n: (g if g is not None else torch.zeros_like(inputs[n])) for n, g in zip(names, got)}  # type: ignore[arg-type]
+
+
+def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int,
+               chans_per_group: int) -> tuple[int, int, int]:
+    """``(BLOCK_D, BLOCK_N, BLOCK_L)`` for a launch.
+
+    BLOCK_N covers the whole state (next power of two ≥ dstate). BLOCK_D is the largest
+    power of two ≤ the schedule's (default 1 for plain scans, 4 otherwise) dividing the
+    channels of a group, so that one program's channels share their B/C tile. BLOCK_L is
+    the schedule's, else sized so a state tile holds about ``TILE_ELEMENTS`` values.
+    """
+    block_n = _next_pow2(dstate) if plan.has_dstate else 1
+    want_d = schedule.block_d or (DEFAULT_BLOCK_D_VECTOR if plan.has_dstate else 1)
+    block_d = 1
+    while block_d * 2 <= want_d and chans_per_group % (block_d * 2) == 0:
+        block_d *= 2
+    if schedule.block_l is not None:
+        block_l = schedule.block_l
+    else:
+        per_step = block_d * block_n * (2 if plan.complex else 1)
+        block_l = max(16, min(DEFAULT_BLOCK_L_SCALAR, _next_pow2(TILE_ELEMENTS // per_step)))
+    return block_d, block_n, block_l
