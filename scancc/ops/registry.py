@@ -24,9 +24,10 @@ extra forward pass per backward. Double backward is not supported.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -54,6 +55,24 @@ def compiled(program_json: str, backend: str, schedule_json: str):
 
     schedule = Schedule.from_dict(json.loads(schedule_json)) if schedule_json else None
     return compiler.compile(_program(program_json), backend=backend or None, schedule=schedule)
+
+
+def _kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[str, torch.Tensor]):
+    """The compiled scan for this call. Without an explicit schedule, the autotuner's
+    :func:`~scancc.autotune.best_schedule` picks one for these sizes, dtype and device
+    (its cache, shipped defaults or the backend default; it tunes only with
+    ``SCANCC_AUTOTUNE=1``)."""
+    if schedule_json:
+        return compiled(program_json, backend, schedule_json)
+    from ..autotune import best_schedule
+    from ..compiler import default_backend
+
+    program = _program(program_json)
+    name = backend or default_backend()
+    x = _main_input(program, named)
+    dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    schedule = best_schedule(program, name, _bind_dims(program, named), device=x.device, dtype=dtype)
+    return compiled(program_json, name, schedule.to_json())
 
 
 def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,7 +136,7 @@ def scan(
     return_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     named = _named(names, inputs)
-    fwd = compiled(program, backend, schedule).forward(
+    fwd = _kernel(program, backend, schedule, named).forward(
         named,
         initial_state=None if initial_state is None else initial_state.contiguous(),
         cu_seqlens=cu_seqlens,
@@ -140,6 +159,21 @@ def _scan_fake(program, backend, schedule, names, inputs, initial_state, cu_seql
     return out, x.new_empty(s_shape, dtype=s_dtype)
 
 
+@contextlib.contextmanager
+def _autograd_inside_op() -> Iterator[None]:
+    """Re-enable autograd inside a custom op's implementation.
+
+    torch runs a custom op's implementation below the autograd dispatch keys, so torch
+    operations there record no graph even under ``enable_grad``. A backend's backward may
+    chain host-side pieces (e.g. the LTI discretization ``Ā, B̄ = f(λ, Δ, B)``) through
+    ``torch.autograd``; this un-excludes the autograd keys for the duration of the call.
+    """
+    keys = torch._C.DispatchKey
+    with torch._C._SetExcludeDispatchKeyGuard(keys.AutogradFunctionality, False), \
+            torch._C._SetExcludeDispatchKeyGuard(keys.ADInplaceOrView, False), torch.enable_grad():
+        yield
+
+
 # -- backward op ---------------------------------------------------------------------------------
 @torch.library.custom_op("scancc::scan_backward", mutates_args=())
 def scan_backward(
@@ -154,16 +188,18 @@ def scan_backward(
     grad_final_state: Optional[torch.Tensor],
 ) -> list[torch.Tensor]:
     """Gradients of every present input (in ``names`` order), then of ``initial_state`` if given."""
-    kernel = compiled(program, backend, schedule)
     named = _named(names, inputs)
+    kernel = _kernel(program, backend, schedule, named)
     h0 = None if initial_state is None else initial_state.contiguous()
-    fwd = kernel.forward(named, initial_state=h0, cu_seqlens=cu_seqlens,
-                         return_final_state=grad_final_state is not None, save_for_backward=True)
-    grads = kernel.backward(
-        fwd, named, grad_out.contiguous(),
-        None if grad_final_state is None else grad_final_state.contiguous(),
-        initial_state=h0, cu_seqlens=cu_seqlens,
-    )
+    with _autograd_inside_op():
+        fwd = kernel.forward(named, initial_state=h0, cu_seqlens=cu_seqlens,
+                             return_final_state=grad_final_state is not None, save_for_backward=True)
+        grads = kernel.backward(
+            fwd, named, grad_out.contiguous(),
+            None if grad_final_state is None else grad_final_state.contiguous(),
+            initial_state=h0, cu_seqlens=cu_seqlens,
+        )
+    grads = {k: (None if g is None else g.detach()) for k, g in grads.items()}
     keys = list(named) + (["initial_state"] if h0 is not None else [])
     tensors = list(named.values()) + ([h0] if h0 is not None else [])
     result = []
@@ -231,7 +267,7 @@ def run_program(
     missing or ``None``) already in the backend's form (complex quantities complex64).
     Arguments are not validated here; the public ops do that. ``program_json`` must be
     ``program.to_json()``, ``backend`` a backend name or ``""`` (the compiler's default) and
-    ``schedule`` ``Schedule.to_json()`` or ``""`` (the backend's default).
+    ``schedule`` ``Schedule.to_json()`` or ``""`` (the autotuner's choice for the call's sizes).
     """
     order = input_order(program_json).split(",")
     present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]

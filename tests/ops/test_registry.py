@@ -182,3 +182,20 @@ def test_compile_fullgraph_traces_every_op() -> None:
 def test_compile_inductor_matches_eager() -> None:
     """torch.compile(fullgraph=True) with inductor, forward and backward (first compile ~30 s)."""
     _check_compiled("inductor")
+
+
+def test_gradient_through_final_state_only() -> None:
+    """A loss on the final state alone still reaches every input (out's gradient is zero)."""
+    g = gen_(8)
+    a, x = torch.rand(2, 3, 7, generator=g), torch.randn(2, 3, 7, generator=g)
+    h0 = torch.randn(2, 3, generator=g)
+    ours = [t.to(DEVICE).requires_grad_() for t in (a, x, h0)]
+    _, last = linear_scan(ours[0], ours[1], initial_state=ours[2], return_final_state=True)
+    last.sum().backward()
+    refs = [t.double().requires_grad_() for t in (a, x, h0)]
+    h = refs[2]
+    for t in range(7):
+        h = refs[0][..., t] * h + refs[1][..., t]
+    h.sum().backward()
+    for name, o, r in zip("a x h0".split(), ours, refs):
+        assert_close(f"grad {name}", o.grad, r.grad, 1e-5)
