@@ -1,8 +1,8 @@
 """``scancc tune`` and ``scancc cache``: the autotuner's command line.
 
 ``scancc/cli.py`` registers these with ``add_tune_commands(subparsers)``; each subcommand
-sets ``func``, which takes the parsed arguments and returns the exit status. Standalone:
-``python -m scancc.autotune.cli tune selective --shape batch=1,dim=64,dstate=16,seqlen=256``.
+sets ``func``, which takes the parsed arguments and returns the exit status (bad usage
+raises :class:`scancc.cli.UsageError`, reported by ``scancc.cli.main`` with status 2).
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
-from ..ir import PRESETS, IRValidationError, Program
+from .. import cli as scancc_cli
+from ..ir import PRESETS
 from .cache import ScheduleCache
 from .problem import parse_dtype, parse_shape
 from .search import OK, Trial
 from .select import tune_and_store
-from .tuner import STRATEGIES, format_time, tune
+from .tuner import STRATEGIES, format_table, format_time, tune
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 _UNIT_SECONDS = {None: 1.0, "s": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -30,21 +30,6 @@ def parse_duration(text: str) -> float:
     if m is None or float(m.group(1)) <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive duration like 60s, 2m or 1h, got {text!r}")
     return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-
-
-def load_program(spec: str) -> Program:
-    """A preset name (``selective``, ``ssd``, …, called with its defaults) or a program JSON file."""
-    if spec in PRESETS:
-        return PRESETS[spec]()
-    path = Path(spec)
-    if path.suffix == ".json" or path.exists():
-        try:
-            return Program.from_json(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ValueError(f"cannot read program file {spec!r}: {exc}") from None
-        except IRValidationError as exc:
-            raise ValueError(f"{spec} is not a valid scancc program: {exc}") from None
-    raise ValueError(f"program must be a preset ({', '.join(sorted(PRESETS))}) or a .json file, got {spec!r}")
 
 
 class ProgressLine:
@@ -88,15 +73,15 @@ class ProgressLine:
 
 # -- tune ---------------------------------------------------------------------------------------
 def _cmd_tune(args: argparse.Namespace) -> int:
+    program = scancc_cli.load_program(args.program, args.set)
     try:
-        program = load_program(args.program)
         shapes = parse_shape(args.shape)
         dtype = parse_dtype(args.dtype)
     except ValueError as exc:
-        print(f"scancc tune: {exc}", file=sys.stderr)
-        return 2
+        raise scancc_cli.UsageError(str(exc)) from None
+    device = scancc_cli.resolve_device(args.device)
     progress = ProgressLine()
-    options = dict(dtype=dtype, device=args.device, budget=args.budget, trials=args.trials, strategy=args.strategy,
+    options = dict(dtype=dtype, device=device, budget=args.budget, trials=args.trials, strategy=args.strategy,
                    warmup=args.warmup, repeats=args.repeats, seed=args.seed, reference=args.reference,
                    progress=progress)
     try:
@@ -104,10 +89,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
             result = tune(program, args.backend, shapes, **options)  # type: ignore[arg-type]
         else:
             result = tune_and_store(program, args.backend, shapes, **options)  # type: ignore[arg-type]
-    except ValueError as exc:
+    except ValueError as exc:  # unknown backend, dimensions that do not fit the program...
         progress.close()
-        print(f"scancc tune: {exc}", file=sys.stderr)
-        return 2
+        raise scancc_cli.UsageError(str(exc)) from None
     progress.close()
     print(result.table(top=args.top))
     if result.best.status != OK:
@@ -123,13 +107,6 @@ def _schedule_text(record_schedule: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in record_schedule.to_dict().items() if v is not None)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    return "\n".join(lines)
-
-
 def _cmd_cache_list(args: argparse.Namespace) -> int:
     cache = ScheduleCache()
     files = cache.files()
@@ -137,7 +114,7 @@ def _cmd_cache_list(args: argparse.Namespace) -> int:
     if not files:
         print("(empty)")
         return 0
-    print(_table(("file", "records"), [(path.name, str(len(cache.records_in(path)))) for path in files]))
+    print(format_table(("file", "records"), [(path.name, str(len(cache.records_in(path)))) for path in files]))
     return 0
 
 
@@ -151,7 +128,7 @@ def _cmd_cache_show(args: argparse.Namespace) -> int:
     rows = [(f"{r.program_name or '?'} {r.key.program}", r.key.bucket, f"{r.key.backend} {r.key.backend_version}",
              f"{r.key.device} ({r.key.arch})", _schedule_text(r.schedule), format_time(r.time_s),
              "-" if r.speedup is None else f"{r.speedup:.2f}x") for r in records]
-    print(_table(("program", "bucket", "backend", "device", "schedule", "time", "speedup"), rows))
+    print(format_table(("program", "bucket", "backend", "device", "schedule", "time", "speedup"), rows))
     return 0
 
 
@@ -171,8 +148,7 @@ def _cmd_cache_import(args: argparse.Namespace) -> int:
     try:
         count = ScheduleCache().import_file(args.file)
     except ValueError as exc:
-        print(f"scancc cache import: {exc}", file=sys.stderr)
-        return 2
+        raise scancc_cli.UsageError(str(exc)) from None
     print(f"imported {count} record{'s' if count != 1 else ''} from {args.file}")
     return 0
 
@@ -182,14 +158,17 @@ def add_tune_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     p = subparsers.add_parser("tune", help="search the fastest correct schedule for a program and shape",
                               description="Search the schedule space of a program at one shape; print every "
                                           "candidate's time and store the winner in the autotune cache.")
-    p.add_argument("program", help=f"a preset ({', '.join(sorted(PRESETS))}) or a program .json file")
+    p.add_argument("program", help=f"a preset ({', '.join(PRESETS)}) or a program .json file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a preset keyword argument, e.g. --set complex=true (repeatable)")
     p.add_argument("--shape", required=True, help="dimensions, e.g. batch=4,dim=5120,dstate=16,seqlen=4096")
     p.add_argument("--backend", default="triton")
     p.add_argument("--dtype", default="fp32", help="activation dtype: fp32, bf16, fp16")
     p.add_argument("--budget", type=parse_duration, default=60.0, help="wall-clock budget, e.g. 60s, 5m (default 60s)")
     p.add_argument("--trials", type=int, default=None, help="at most this many candidates besides the default")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to tune (default: cuda if present, else cpu under the Triton interpreter)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=20, help="timed calls per final measurement (median)")
     p.add_argument("--seed", type=int, default=0)
@@ -218,13 +197,3 @@ def add_tune_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     imp.add_argument("file")
     imp.set_defaults(func=_cmd_cache_import)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="scancc")
-    add_tune_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

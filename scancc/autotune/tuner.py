@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -30,6 +30,14 @@ def format_time(seconds: Optional[float]) -> str:
     if seconds < 1.0:
         return f"{seconds * 1e3:.3f} ms"
     return f"{seconds:.2f} s"
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned plain-text columns under ``header``."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
 
 
 @dataclass
@@ -84,13 +92,10 @@ class TuneResult:
         rows = self.rows()
         if top is not None:
             rows = rows[: top + 1]
-        header = ("config", "time", "status", "speedup")
         body = [(("* " if r["best"] else "  ") + str(r["config"]), format_time(r["time_s"]),  # type: ignore[arg-type]
                  str(r["status"]) + (f" ({r['error']})" if r["error"] else ""),
                  "-" if r["speedup"] is None else f"{r['speedup']:.2f}x") for r in rows]
-        widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
-        lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+        lines = [format_table(("config", "time", "status", "speedup"), body)]
         failed = sum(1 for t in self.trials if t.status != OK)
         lines.append(f"{self.problem.describe()} on {self.device.name}, backend {self.backend}: "
                      f"{len(self.trials)} candidates tried ({failed} failed) of {len(self.pruned.feasible)} feasible "

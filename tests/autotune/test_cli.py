@@ -11,8 +11,9 @@ import pytest
 import scancc.backends.registry as registry
 from scancc.autotune import Record, ScheduleCache
 from scancc.autotune.cache import CacheKey
-from scancc.autotune.cli import add_tune_commands, load_program, main, parse_duration
-from scancc.ir import Schedule, selective
+from scancc.autotune.cli import add_tune_commands, parse_duration
+from scancc.cli import main
+from scancc.ir import Schedule, linear
 
 from autotune_fakes import FakeBackend
 
@@ -66,7 +67,8 @@ def test_import_rejects_corrupt_and_foreign_files(tmp_path: Path, capsys: pytest
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert main(["cache", "import", str(bad)]) == 2
-    assert "not valid JSON" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "scancc cache: error:" in err and "not valid JSON" in err
     bad.write_text(json.dumps({"schema": "other", "records": []}))
     assert main(["cache", "import", str(bad)]) == 2
     assert main(["cache", "import", str(tmp_path / "missing.json")]) == 2
@@ -90,24 +92,34 @@ def test_tune_no_save_and_bad_arguments(fake_backend: FakeBackend, capsys: pytes
     assert main(["tune", "linear", "--shape", "batch=1,dim=4,seqlen=64", "--backend", "fake", "--no-save",
                  "--trials", "2", "--repeats", "2", "--device", "cpu"]) == 0
     assert not ScheduleCache().files()
-    assert main(["tune", "linear", "--shape", "batch=1,dim=4", "--backend", "fake"]) == 2
-    assert "missing ['seqlen']" in capsys.readouterr().err
-    assert main(["tune", "nonsense", "--shape", "batch=1", "--backend", "fake"]) == 2
-    assert "preset" in capsys.readouterr().err
-    assert main(["tune", "linear", "--shape", "batch=1,dim=4,seqlen=64", "--backend", "nope"]) == 2
+    for argv, message in [
+        (["linear", "--shape", "batch=1,dim=4"], "missing ['seqlen']"),
+        (["linear", "--shape", "batch=1,dim=4,seqlen=64,heads=2"], "does not use"),
+        (["linear", "--shape", "batch=1;dim=4"], "shape items"),
+        (["linear", "--shape", "batch=1,dim=4,seqlen=64", "--dtype", "int8"], "dtype"),
+        (["nonsense", "--shape", "batch=1"], "unknown preset"),
+        (["selective", "--set", "colour=red", "--shape", "batch=1"], "no setting 'colour'"),
+    ]:
+        assert main(["tune", *argv, "--backend", "fake", "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert "scancc tune: error:" in err and message in err, (argv, err)
+    assert main(["tune", "linear", "--shape", "batch=1,dim=4,seqlen=64", "--backend", "nope", "--device", "cpu"]) == 2
     assert "unknown backend" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["tune", "linear", "--shape", "batch=1,dim=4,seqlen=64", "--budget", "soon"])
 
 
-def test_program_json_files_and_durations(tmp_path: Path) -> None:
+def test_tune_a_program_file_with_the_oracle_as_reference(fake_backend: FakeBackend, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     path = tmp_path / "prog.json"
-    path.write_text(selective(gate=False).to_json())
-    assert load_program(str(path)) == selective(gate=False)
-    assert load_program("ssd").name == "ssd"
-    path.write_text('{"scancc_ir": 1, "name": "x"}')
-    with pytest.raises(ValueError, match="not a valid scancc program"):
-        load_program(str(path))
+    path.write_text(linear().to_json())
+    assert main(["tune", str(path), "--shape", "batch=1,dim=2,seqlen=128", "--backend", "fake", "--trials", "3",
+                 "--repeats", "2", "--device", "cpu", "--reference", "oracle", "--strategy", "exhaustive"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 4  # the default and three candidates agree with the oracle
+
+
+def test_durations() -> None:
     assert parse_duration("90") == 90 and parse_duration("2m") == 120 and parse_duration("500ms") == 0.5
     assert parse_duration("1.5h") == 5400
     for bad in ("0s", "-1", "fast"):
