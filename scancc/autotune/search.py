@@ -21,7 +21,7 @@ from ..backends.base import Backend, CompiledScan
 from ..ir import Program, Schedule
 from .problem import Problem
 from .target import compile_with
-from .timing import Measurement, RotatingInputs, Timer, measure
+from .timing import RotatingInputs, Timer, measure
 
 OK, COMPILE_ERROR, LAUNCH_ERROR, MISMATCH = "ok", "compile_error", "launch_error", "mismatch"
 
@@ -121,7 +121,6 @@ class Evaluator:
         self.rtol = gate_tolerance(problem.dtype, against_oracle=reference is not None) if rtol is None else rtol
         self._synchronize = synchronize
         self._compiled: dict[Schedule, CompiledScan] = {}
-        self.compiles = 0
         self._reference_fn = reference
         self._expected: Optional[Outputs] = None
 
@@ -133,10 +132,9 @@ class Evaluator:
 
     def _expected_outputs(self) -> Outputs:
         if self._expected is None:
+            inputs, state = self.buffers.fresh(0)
             if self._reference_fn is not None:
-                inputs, state = self.buffers.fresh(0)
                 out, new_state = self._reference_fn(inputs, state)
-                self._expected = (out.detach().clone(), None if new_state is None else new_state.detach().clone())
             else:
                 trial = Trial(self.default)
                 kernel = self._kernel(trial)
@@ -144,20 +142,18 @@ class Evaluator:
                     raise RuntimeError(f"the default schedule {self.default} failed to compile ({trial.error}); "
                                        "pass a reference to check candidates against")
                 try:
-                    inputs, state = self.buffers.fresh(0)
-                    out, new_state = kernel.forward(inputs, initial_state=state).out, state
+                    out, new_state = self._call(kernel, 0)
                     self._synchronize()
                 except Exception as exc:  # noqa: BLE001 - any failure of the default is reported as such
                     raise RuntimeError(f"the default schedule {self.default} failed to run: {_short(exc)}; "
                                        "pass a reference to check candidates against") from exc
-                self._expected = (out.detach().clone(), None if new_state is None else new_state.detach().clone())
+            self._expected = (out.detach().clone(), None if new_state is None else new_state.detach().clone())
         return self._expected
 
     def _kernel(self, trial: Trial) -> Optional[CompiledScan]:
         kernel = self._compiled.get(trial.schedule)
         if kernel is not None:
             return kernel
-        self.compiles += 1
         try:
             kernel = compile_with(self.backend, self.problem.program, trial.schedule)
         except Exception as exc:  # noqa: BLE001 - a candidate that does not compile is a result, not a crash
@@ -193,7 +189,7 @@ class Evaluator:
         """Measure an already checked trial (``repeats`` timed calls after the warm-up)."""
         kernel = self._compiled[trial.schedule]
         try:
-            m: Measurement = measure(lambda i: self._call(kernel, i), self.timer, warmup=self.warmup, repeats=repeats)
+            m = measure(lambda i: self._call(kernel, i), self.timer, warmup=self.warmup, repeats=repeats)
         except Exception as exc:  # noqa: BLE001
             trial.status, trial.error, trial.time_s = LAUNCH_ERROR, _short(exc), None
             self.forget(trial.schedule)

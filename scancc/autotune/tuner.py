@@ -152,6 +152,7 @@ def tune(
     else:
         raise TypeError(f"reference must be 'default', 'oracle' or a callable, got {type(reference).__name__}")
     plan = Budget(float(budget), trials, clock)
+    started = clock()  # the budget covers making inputs and measuring the default too
     be = resolve_backend(backend)
     problem = Problem.make(program, shapes, dtype)
     dev = resolve_device(device)
@@ -167,7 +168,6 @@ def tune(
     ev = Evaluator(be, problem, default, buffers, timer if timer is not None else timer_for(dev),
                    reference=reference_fn, warmup=warmup, synchronize=sync)
 
-    started = clock()
     default_trial = ev.evaluate(default, repeats)
     if strategy == "auto":
         fits = len(candidates) <= exhaustive_limit and (trials is None or len(candidates) <= trials)
