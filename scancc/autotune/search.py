@@ -221,25 +221,30 @@ class SearchLog:
     stopped_by: str = ""  # "", "time" or "trials"
 
 
-def _time_left(budget: Budget, started: float, share: float = 1.0) -> bool:
-    return budget.clock() - started < budget.seconds * share
+def _time_left(budget: Budget, started: float, reserve: float = 0.0) -> bool:
+    return budget.clock() - started + reserve < budget.seconds
 
 
 def exhaustive(
     ev: Evaluator, candidates: Sequence[Schedule], budget: Budget, started: float, *, repeats: int,
-    progress: Optional[Progress] = None,
+    rng: random.Random, progress: Optional[Progress] = None,
 ) -> SearchLog:
-    """Every candidate with ``repeats`` timed calls, in order, until a budget runs out."""
+    """Every candidate with ``repeats`` timed calls, while the next one fits the budgets (at the
+    average cost so far). Candidates are visited in a seeded random order, so a search cut
+    short by the clock is a fair random sample of the space rather than its first corner."""
     log = SearchLog()
     limit = len(candidates) if budget.trials is None else min(budget.trials, len(candidates))
-    for schedule in candidates:
+    spent = 0.0
+    for schedule in rng.sample(list(candidates), len(candidates)):
         if len(log.trials) >= limit:
-            log.stopped_by = "trials" if limit < len(candidates) else ""
+            log.stopped_by = "trials"
             break
-        if not _time_left(budget, started):
+        if not _time_left(budget, started, spent / len(log.trials) if log.trials else 0.0):
             log.stopped_by = "time"
             break
+        before = budget.clock()
         trial = ev.evaluate(schedule, repeats)
+        spent += budget.clock() - before
         log.trials.append(trial)
         if progress is not None:
             progress(len(log.trials), limit, trial)
@@ -247,32 +252,62 @@ def exhaustive(
     return log
 
 
+def _first_rung_repeats(n: int, eta: int, repeats: int) -> int:
+    """Repeats on the first rung, so that the last of the ``1 + ceil(log_eta n)`` rungs gets ``repeats``."""
+    rungs = 1 + max(0, math.ceil(math.log(max(n, 1)) / math.log(eta)))
+    return max(1, repeats // eta ** (rungs - 1))
+
+
+def _later_rungs(n: int, eta: int, reps: int, repeats: int) -> list[tuple[int, int]]:
+    """``(survivors, repeats)`` of each rung after the first, from ``n`` ok trials measured ``reps`` times."""
+    out = []
+    while n > 1:
+        n = math.ceil(n / eta)
+        if n == 1:
+            break
+        reps = min(repeats, reps * eta)
+        out.append((n, reps))
+    return out
+
+
 def successive_halving(
     ev: Evaluator, candidates: Sequence[Schedule], budget: Budget, started: float, *, repeats: int,
-    rng: random.Random, eta: int = 3, first_rung_share: float = 0.5, progress: Optional[Progress] = None,
+    rng: random.Random, eta: int = 3, progress: Optional[Progress] = None,
 ) -> SearchLog:
     """Random sample of the candidates, measured cheaply; the best ``1/eta`` advance to the next
     rung with ``eta`` times more repeats, until one is left or the time runs out.
 
-    The first rung (sampling and checking: the compile-heavy part) may use ``first_rung_share``
-    of the wall-clock budget, so later rungs always get time to re-measure the leaders.
+    The first rung (compiling and checking: the expensive part) starts another candidate only
+    while the time left covers it (at the first rung's average so far) plus what the later
+    rungs and the final confirmation will need (from the kernel times measured so far); so
+    later rungs get to re-measure the leaders, and no budget is left unused when kernels are fast.
     """
     if eta < 2:
         raise ValueError(f"eta must be at least 2, got {eta}")
     log = SearchLog()
     n = len(candidates) if budget.trials is None else min(budget.trials, len(candidates))
     pool = rng.sample(list(candidates), n)
-    rungs = 1 + max(0, math.ceil(math.log(max(n, 1)) / math.log(eta)))
-    reps = max(1, repeats // eta ** (rungs - 1))
-    total_evals = n + sum(math.ceil(n / eta ** k) for k in range(1, rungs))
+    reps = _first_rung_repeats(n, eta, repeats)
+    total_evals = n + sum(k for k, _ in _later_rungs(n, eta, reps, repeats))
     done = 0
 
+    def reserve(alive: list[Trial]) -> float:
+        if not alive:
+            return 0.0
+        kernel = sorted(t.time_s for t in alive)[len(alive) // 2]  # type: ignore[type-var]
+        calls = sum(k * (ev.warmup + r) for k, r in _later_rungs(len(alive) + 1, eta, reps, repeats))
+        return (calls + 2 * (ev.warmup + repeats)) * kernel  # type: ignore[operator]
+
     alive: list[Trial] = []
+    spent = 0.0  # wall time of the first rung's evaluations so far
     for schedule in pool:
-        if not _time_left(budget, started, first_rung_share):
+        next_one = spent / len(log.trials) if log.trials else 0.0
+        if not _time_left(budget, started, next_one + reserve(alive)):
             log.stopped_by = "time"
             break
+        before = budget.clock()
         trial = ev.evaluate(schedule, reps, rung=0)
+        spent += budget.clock() - before
         log.trials.append(trial)
         done += 1
         if progress is not None:

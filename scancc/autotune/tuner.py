@@ -130,8 +130,9 @@ def tune(
     ``shapes`` names the program's symbolic dimensions (``batch``, ``dim``, ``dstate``,
     ``seqlen``, …). ``budget`` (seconds of wall clock) and ``trials`` (candidates compiled
     besides the default) bound the search. ``strategy``: ``exhaustive`` tries every feasible
-    point in order; ``halving`` samples ``trials`` points and runs successive halving;
-    ``auto`` is exhaustive when at most ``exhaustive_limit`` points (and ``trials``) allow.
+    point (in a seeded random order); ``halving`` samples ``trials`` points and runs successive
+    halving; ``auto`` is exhaustive when at most ``exhaustive_limit`` points (and ``trials``)
+    allow and trying them all, at what the default's compile-check-measure took, fits the budget.
     Inputs are random (see :mod:`scancc.autotune.inputs`) and cycled over enough copies to
     defeat the L2 cache. Each candidate's output is first checked against ``reference``:
     ``"default"`` (the default schedule's output), ``"oracle"`` (the float64 sequential
@@ -168,15 +169,18 @@ def tune(
     ev = Evaluator(be, problem, default, buffers, timer if timer is not None else timer_for(dev),
                    reference=reference_fn, warmup=warmup, synchronize=sync)
 
+    before = clock()
     default_trial = ev.evaluate(default, repeats)
+    per_trial = clock() - before  # compile + check + measure: what each exhaustive trial costs
+    rng = random.Random(seed)
     if strategy == "auto":
         fits = len(candidates) <= exhaustive_limit and (trials is None or len(candidates) <= trials)
-        strategy = "exhaustive" if fits else "halving"
+        in_time = len(candidates) * per_trial <= plan.seconds - (clock() - started)
+        strategy = "exhaustive" if fits and in_time else "halving"
     if strategy == "exhaustive":
-        log = exhaustive(ev, candidates, plan, started, repeats=repeats, progress=progress)
+        log = exhaustive(ev, candidates, plan, started, repeats=repeats, rng=rng, progress=progress)
     else:
-        log = successive_halving(ev, candidates, plan, started, repeats=repeats, rng=random.Random(seed),
-                                 progress=progress)
+        log = successive_halving(ev, candidates, plan, started, repeats=repeats, rng=rng, progress=progress)
 
     best = min(log.finalists, key=lambda t: t.time_s, default=None)  # type: ignore[arg-type, return-value]
     if default_trial.status == OK and best is not None:
