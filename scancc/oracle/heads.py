@@ -105,9 +105,8 @@ def rotate(ops: Any, v: Any, cos: Any, sin: Any, pairing: str) -> Any:
         u, w = v[..., :K], v[..., N // 2:N // 2 + K]
     ru, rw = u * cos - w * sin, u * sin + w * cos
     if pairing == "interleaved":
-        ru, rw = ops.stack([ru, rw], -1), None
-        paired = ru.reshape(tuple(ru.shape[:-2]) + (2 * K,))
-        return ops.concat([paired, v[..., 2 * K:]], -1)
+        paired = ops.stack([ru, rw], -1)  # (..., K, 2) -> (..., 2K) puts each pair back at (2i, 2i+1)
+        return ops.concat([paired.reshape(tuple(paired.shape[:-2]) + (2 * K,)), v[..., 2 * K:]], -1)
     return ops.concat([ru, v[..., K:N // 2], rw, v[..., N // 2 + K:]], -1)
 
 

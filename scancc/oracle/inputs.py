@@ -46,7 +46,8 @@ def _step_inputs(program: Program, rng: np.random.Generator, dt_shape: tuple[int
                  bias_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """The pre-activation step input and its bias so that Δ falls in about ``_DELTA``."""
     step = program.step
-    assert step is not None
+    if step is None:
+        raise ValueError(f"program {program.name!r} has no step (Δ) input")
     if step.softplus:
         if step.bias:
             bias = _inv_softplus(rng.uniform(0.1, 0.5, bias_shape))

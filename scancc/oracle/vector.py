@@ -87,7 +87,7 @@ def coefficients(bound: Bound) -> VectorCoefficients:
             bbar = (abar - 1.0) / lam * B
         elif dec.discretization == "bilinear":
             bbar = delta[:, None] / (1.0 - delta[:, None] * lam / 2.0) * B
-        else:
+        else:  # Ā = λ given: B̄ = B (LRU's γ = sqrt(1 − |λ|²) is folded into B by the caller)
             bbar = B
         b = bbar[None, :, :, None] * x[:, :, None, :]
 
