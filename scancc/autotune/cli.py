@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Optional, TextIO
 
 from .. import cli as scancc_cli
 from ..ir import PRESETS

@@ -115,16 +115,18 @@ def best_schedule(
 ) -> Schedule:
     """The schedule to launch ``program`` with on ``backend`` at ``shapes``.
 
-    Looks in order at: the in-process memo (exact shapes), the cache file, the shipped
-    defaults, a fresh tuning (only with ``SCANCC_AUTOTUNE=1`` and not while compiling or
-    capturing) and finally ``backend.default_schedule(program)``. A stored schedule is used
-    only if it satisfies the search space's constraints at these exact shapes.
+    Looks in order at: the in-process memo (exact shapes), the cache file, then either a
+    fresh tuning (with ``SCANCC_AUTOTUNE=1``, not while compiling or capturing) or the
+    shipped defaults, and finally ``backend.default_schedule(program)``. A stored schedule
+    is used only if it satisfies the search space's constraints at these exact shapes.
+    ``shapes`` maps the program's symbolic dimensions to sizes (see :class:`Problem`).
     """
     name = backend if isinstance(backend, str) else backend.name
-    if device is None or (isinstance(device, str) and device == "cuda"):
-        device_token: object = (device, torch.cuda.current_device()) if torch.cuda.is_initialized() else device
-    else:
-        device_token = device
+    device_token: object = device
+    current = device is None or device == "cuda"
+    if current or (isinstance(device, torch.device) and device.type == "cuda" and device.index is None):
+        # "the current device": which one that is belongs in the key
+        device_token = (device, torch.cuda.current_device()) if torch.cuda.is_initialized() else device
     tune_on_miss = autotune_enabled()
     memo_key = (program.hash, name, tuple(sorted(shapes.items())), device_token, dtype, tune_on_miss)
     hit = _MEMO.get(memo_key)
