@@ -56,9 +56,10 @@ def lti(
 
 
 def lru(*, name: str = "lru") -> Program:
-    """LRU: ``h_t = λ ⊙ h_{t−1} + γ ⊙ (B u_t)``, ``γ = sqrt(1 − |λ|²)``, ``y = Re(Σ C h) + D u``.
+    """LRU: ``h_t = λ ⊙ h_{t−1} + B u_t``, ``y = Re(Σ C h) + D u``.
 
-    ``A`` holds λ directly (``exp(−exp(ν) + i·exp(θ))`` computed by the model).
+    ``A`` holds λ directly (``exp(−exp(ν) + i·exp(θ))`` computed by the model) and ``B``
+    already includes LRU's normalisation ``γ = sqrt(1 − |λ|²)`` (the model scales its rows).
     """
     return Program(
         name=name, layout="channel", state=State("vector", True),

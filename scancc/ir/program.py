@@ -245,6 +245,7 @@ class Program:
         if st.shape == "vector":
             _need(self.layout == "channel", "a vector state goes with the channel layout (B, D, L)")
             _need(dec.param in ("element", "state", "channel"), f"decay param {dec.param!r} needs a matrix state")
+            _need(dec.kind != "log_input", "decay kind 'log_input' needs a matrix state (head layout)")
             _need(inp.kind not in ("trapezoid",), "trapezoid input needs a matrix state (Mamba-3)")
             if rd.kind == "state":
                 _need(inp.kind == "direct", "readout 'state' (y = h) needs a state of size 1 (direct input)")
@@ -253,6 +254,7 @@ class Program:
             _need(not st.complex, "complex matrix states are expressed with Rotary, not complex=True")
             _need(dec.kind in ("exp", "log_input"), "a matrix state needs decay kind 'exp' or 'log_input'")
             _need(dec.param in ("head", "state"), "a matrix state's decay varies per head or per key ('state')")
+            _need(dec.kind != "exp" or dec.param == "head", "decay 'exp' on a matrix state is per head (A[h])")
             _need(inp.kind in ("euler", "trapezoid"), "a matrix state needs input kind 'euler' or 'trapezoid'")
             _need(rd.kind == "contract" and rd.c == "varying", "a matrix state needs a varying C readout")
         if dec.kind == "lti":

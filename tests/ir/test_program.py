@@ -170,3 +170,12 @@ def test_programs_are_frozen_and_replace_validates() -> None:
 def test_step_clamp_is_normalised() -> None:
     assert Step(clamp=(0, 1)).clamp == (0.0, 1.0)
     assert ir.ssd(dt_limit=(0.0, float("inf"))).step.clamp is None
+
+
+def test_decay_kinds_match_state_shapes() -> None:
+    with pytest.raises(IRValidationError, match="log_input' needs a matrix state"):
+        Program("p", "channel", State(), Decay("log_input", "state"), Input("euler", "varying"),
+                Readout("contract", "varying"), Step())
+    with pytest.raises(IRValidationError, match="per head"):
+        Program("p", "head", State("matrix"), Decay("exp", "state"), Input("euler", "varying"),
+                Readout("contract", "varying"), Step())
