@@ -18,7 +18,9 @@ from ..oracle import as_torch, random_inputs, random_state
 from .problem import Problem
 
 
-def make_inputs(problem: Problem, device: torch.device, *, seed: int = 0) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
+def make_inputs(
+    problem: Problem, device: torch.device, *, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], Optional[torch.Tensor]]:
     """Every input of ``problem.program`` (optional ones included), and in ``step`` mode the state
     ``program.state_dims()`` the kernel updates in place (``None`` in ``sequence`` mode)."""
     program = problem.program

@@ -187,7 +187,8 @@ def tune(
         # Side by side, same repeats: the speedup compares like with like.
         ev.time(default_trial, repeats, best.rung)
         ev.time(best, repeats, best.rung)
-        if best.status != OK or (default_trial.status == OK and best.time_s >= default_trial.time_s):  # type: ignore[operator]
+        if best.status != OK or (default_trial.status == OK
+                                 and best.time_s >= default_trial.time_s):  # type: ignore[operator]
             best = default_trial
     if best is None:
         best = default_trial

@@ -74,7 +74,8 @@ class FakeKernel:
     owner: "FakeBackend"
 
     def forward(self, inputs: Mapping[str, Optional[torch.Tensor]], *, initial_state: Optional[torch.Tensor] = None,
-                cu_seqlens=None, return_final_state: bool = False, save_for_backward: bool = False) -> ScanForward:  # type: ignore[no-untyped-def]
+                cu_seqlens: Optional[torch.Tensor] = None, return_final_state: bool = False,
+                save_for_backward: bool = False) -> ScanForward:
         owner = self.owner
         owner.launches += 1
         owner.seen_inputs.append({k: v.data_ptr() for k, v in inputs.items() if v is not None})

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import scancc.ir as ir
-from scancc.autotune import DeviceLimits, SearchSpace, rel_l2, tune
+from scancc.autotune import DeviceLimits, SearchSpace, TuneResult, rel_l2, tune
 from scancc.autotune.search import COMPILE_ERROR, LAUNCH_ERROR, MISMATCH, OK, gate_tolerance
 from scancc.autotune.timing import PerfCounterTimer, RotatingInputs, copies_for, measure
 from scancc.ir import Schedule
@@ -20,7 +20,7 @@ SHAPE = {"batch": 1, "dim": 4, "seqlen": 1024}
 BEST = Schedule(block_l=512, num_warps=4, num_stages=2)
 
 
-def _tune(be: FakeBackend, shapes: dict = SHAPE, program: ir.Program = ir.linear(), **kw: Any):  # type: ignore[no-untyped-def]
+def _tune(be: FakeBackend, shapes: dict = SHAPE, program: ir.Program = ir.linear(), **kw: Any) -> TuneResult:
     kw.setdefault("budget", 1e9)
     kw.setdefault("repeats", 9)
     kw.setdefault("warmup", 1)
