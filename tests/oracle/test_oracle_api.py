@@ -164,14 +164,6 @@ def test_mamba3_state_shorthand_and_step_state_form() -> None:
     assert set(new_state) == {"angle", "ssm", "k", "x"}
 
 
-def test_programs_the_signature_cannot_carry_are_refused() -> None:
-    channel_log = Program(name="channel_log", layout="channel", state=State("vector"), step=Step(),
-                          decay=Decay("log_input", "state"), input=Input("euler", "varying"),
-                          readout=Readout("contract", "varying"))
-    with pytest.raises(ValueError, match="log_input"):
-        sequential(channel_log, {})
-
-
 def test_forms_refuse_other_families_and_torch() -> None:
     inputs, _ = make_case(ir.selective(), 0, 4, with_state=False)
     with pytest.raises(ValueError, match="scalar decay per head"):
