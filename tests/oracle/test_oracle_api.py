@@ -10,7 +10,6 @@ import torch
 
 from oracle_cases import ALL, make_case
 from scancc import ir
-from scancc.ir import Decay, Input, Program, Readout, State, Step
 from scancc.oracle import (TOLERANCES, associative, chunked, convolution, random_inputs, random_state, rel_l2,
                            sequential, tolerance)
 from scancc.oracle.common import step_size
