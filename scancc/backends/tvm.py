@@ -1,0 +1,259 @@
+"""The TVM backend: programs lowered to TVMScript (``tvm.script.tirx``) and ``tvm.compile``.
+
+On this machine kernels are built for ``llvm`` (the host CPU): one task per (sequence,
+channel) or (sequence, head) in a ``T.parallel`` loop, time sequential with the state in
+registers/stack, vectorised over the state. The same sources, rendered for a GPU target,
+compile to CUDA (``thread_binding`` instead of ``T.parallel``).
+
+Source: ``lower()`` returns TVMScript text rendered from ``scancc/templates/tvm/``. The
+free names ``DSTATE``/``ODD_DSTATE`` (diagonal) or ``HEADDIM``/``DSTATE``/... (matrix) are
+bound when the text is parsed (:mod:`scancc.backends.tvm_runtime`), so each state size
+gets its own, fully unrolled/vectorised module.
+
+Precision: the kernels compute in float32. fp16/bf16 inputs are converted to float32 on
+entry and the output is cast back to the input's dtype; gradients come back in each
+input's dtype. Complex quantities are complex64.
+
+Ahead-of-time route (GPU machines without the TVM compiler): :func:`export` writes
+``<path>.so`` (host code + embedded CUDA module) and ``<path>.json`` (program, schedule,
+target, bound sizes, function signatures). On the GPU machine only TVM's runtime is
+needed — ``libtvm_runtime.so`` + ``libtvm_runtime_cuda.so`` and the ``tvm_ffi`` package
+(a few MB, no LLVM, no ``libtvm_compiler.so``): ``tvm.runtime.load_module(path + ".so")``
+gives a module whose ``["forward"]`` takes DLPack tensors (torch CUDA tensors directly),
+in the order the ``.json`` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+
+from ..backends.templating import render
+from ..ir import Program, Schedule
+from .base import ScanForward
+from .tvm_plan import DiagPlan, MatrixPlan, diag_unsupported, matrix_unsupported
+from .tvm_runtime import TargetLike, compile_module, normalize_target, target_kind, tvm_available
+
+_ALGORITHMS = ("sequential", "chunked_scan", "step")
+
+
+def _unsupported(program: Program, schedule: Schedule) -> Optional[str]:
+    if schedule.algorithm not in _ALGORITHMS:
+        return f"algorithm {schedule.algorithm!r} is not lowered (TVM lowers {', '.join(_ALGORITHMS)})"
+    if program.state.shape == "vector":
+        return diag_unsupported(program)
+    return matrix_unsupported(program)
+
+
+def _odd_part(n: int) -> int:
+    """``n`` divided by the powers of two the reduction tree folds (at most 2**8)."""
+    for _ in range(8):
+        if n % 2:
+            break
+        n //= 2
+    return n
+
+
+def diag_meta(plan: DiagPlan, dstate: int) -> dict[str, int]:
+    """The names bound when a diagonal source is parsed, for state size ``dstate``."""
+    return {"DSTATE": dstate, "ODD_DSTATE": _odd_part(dstate), "SCRATCH": max(plan.tile, dstate)}
+
+
+def render_source(program: Program, schedule: Schedule, kind: str = "cpu") -> str:
+    """TVMScript for ``program``: ``kind`` ``"cpu"`` (T.parallel) or ``"gpu"`` (thread_binding)."""
+    reason = _unsupported(program, schedule)
+    if reason is not None:
+        raise ValueError(f"the TVM backend cannot lower {program.name!r}: {reason}")
+    header = (f"# scancc TVM kernel for program {program.name!r} ({program.family}), {kind} flavour\n"
+              f"# program hash {program.hash}; schedule {schedule.to_json()}\n")
+    if program.state.shape == "vector":
+        body = render("tvm/diag.py.j2", plan=DiagPlan.of(program, schedule), gpu=kind == "gpu")
+    else:
+        body = render("tvm/matrix.py.j2", plan=MatrixPlan.of(program, schedule), gpu=kind == "gpu")
+    return header + body
+
+
+class TVMBackend:
+    """Implements :class:`scancc.backends.base.Backend` with Apache TVM (>= 0.27)."""
+
+    name = "tvm"
+
+    def available(self) -> bool:
+        return tvm_available()
+
+    def supports(self, program: Program, schedule: Schedule) -> bool:
+        return _unsupported(program, schedule) is None
+
+    def default_schedule(self, program: Program) -> Schedule:
+        if program.mode == "step":
+            return Schedule(algorithm="step", block_l=1, block_d=64)
+        return Schedule(algorithm="sequential", block_l=16, block_d=64)
+
+    def lower(self, program: Program, schedule: Schedule) -> str:
+        return render_source(program, schedule, "cpu")
+
+    def build(self, program: Program, schedule: Schedule, source: str) -> "TVMCompiledScan":
+        if not self.available():
+            raise ImportError("the TVM backend needs apache-tvm >= 0.27: pip install 'scancc[tvm]'")
+        return TVMCompiledScan(program, schedule, source)
+
+
+@dataclass
+class TVMCompiledScan:
+    """A program compiled with TVM for the host CPU; see :class:`scancc.backends.base.CompiledScan`.
+
+    Modules are compiled lazily, one per state size, and cached (process + disk).
+    ``mode="step"`` programs take one token: ``initial_state`` is updated in place with the
+    new state (and returned as ``final_state`` when asked).
+    """
+
+    program: Program
+    schedule: Schedule
+    source: str
+    backend: str = "tvm"
+    target: dict[str, Any] = field(default_factory=lambda: normalize_target("llvm"))
+
+    def __post_init__(self) -> None:
+        self._seq_program = self.program.replace(mode="sequence") if self.program.mode == "step" else self.program
+        if self.program.state.shape == "vector":
+            self._plan: Union[DiagPlan, MatrixPlan] = DiagPlan.of(self.program, self.schedule)
+        else:
+            self._plan = MatrixPlan.of(self.program, self.schedule)
+
+    # -- modules -------------------------------------------------------------------------
+    def module(self, meta: Mapping[str, int]) -> Any:
+        return compile_module(self.source, meta, self.target)
+
+    def _diag_module(self, dstate: int) -> Any:
+        return self.module(diag_meta(self._plan, dstate))  # type: ignore[arg-type]
+
+    # -- step mode ------------------------------------------------------------------------
+    def _seq_inputs(self, inputs: Mapping[str, Optional[torch.Tensor]]) -> dict[str, Optional[torch.Tensor]]:
+        """Step-mode inputs with a seqlen axis of 1 added where the sequence program has one."""
+        if self.program.mode != "step":
+            return dict(inputs)
+        seq_dims = {s.name: s.dims for s in self._seq_program.tensors()}
+        out: dict[str, Optional[torch.Tensor]] = {}
+        for name, t in inputs.items():
+            if t is None or name not in seq_dims or "seqlen" not in seq_dims[name]:
+                out[name] = t
+                continue
+            axis = seq_dims[name].index("seqlen")
+            if t.dim() == len(seq_dims[name]) - 1:
+                t = t.unsqueeze(axis)
+            elif name in ("B", "C") and self.program.layout == "channel" and t.dim() == 2:
+                t = t.unsqueeze(-1)  # (batch, dstate) → (batch, dstate, 1)
+            out[name] = t
+        return out
+
+    # -- forward / backward ------------------------------------------------------------------
+    def forward(
+        self,
+        inputs: Mapping[str, Optional[torch.Tensor]],
+        *,
+        initial_state: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        return_final_state: bool = False,
+        save_for_backward: bool = False,
+    ) -> ScanForward:
+        if not isinstance(inputs, Mapping):
+            raise TypeError(f"inputs must be a mapping of name -> tensor, got {type(inputs).__name__}")
+        step = self.program.mode == "step"
+        if step and cu_seqlens is not None:
+            raise ValueError("a step-mode program takes no cu_seqlens")
+        seq_inputs = self._seq_inputs(inputs)
+        with torch.no_grad():
+            if isinstance(self._plan, DiagPlan):
+                from .tvm_diag import canonical_inputs, run_forward
+
+                dstate = canonical_inputs(self._seq_program, self._plan, seq_inputs).dstate
+                fwd = run_forward(self._diag_module(dstate), self._plan, self._seq_program, seq_inputs,
+                                  initial_state=initial_state, cu_seqlens=cu_seqlens,
+                                  return_final_state=return_final_state or step, save_for_backward=save_for_backward)
+            else:
+                from .tvm_matrix import run_forward as run_matrix
+
+                fwd = run_matrix(self, self._plan, self._seq_program, seq_inputs, initial_state=initial_state,
+                                 cu_seqlens=cu_seqlens, return_final_state=return_final_state or step,
+                                 save_for_backward=save_for_backward)
+        if step:
+            fwd.out = fwd.out.squeeze(2 if self.program.layout == "channel" else 1)
+            if initial_state is not None and fwd.final_state is not None and isinstance(initial_state, torch.Tensor):
+                initial_state.copy_(fwd.final_state.to(initial_state.dtype))
+            if not return_final_state:
+                fwd.final_state = None
+        return fwd
+
+    def backward(
+        self,
+        fwd: ScanForward,
+        inputs: Mapping[str, Optional[torch.Tensor]],
+        grad_out: Optional[torch.Tensor],
+        grad_final_state: Optional[torch.Tensor] = None,
+        *,
+        initial_state: Optional[torch.Tensor] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+    ) -> dict[str, Optional[torch.Tensor]]:
+        if not isinstance(self._plan, DiagPlan):
+            raise ValueError(f"the TVM backend has no backward for {self.program.family} programs "
+                             "(forward only); use the triton backend for their gradients")
+        from .tvm_diag import canonical_inputs, run_backward
+
+        step = self.program.mode == "step"
+        seq_inputs = self._seq_inputs(inputs)
+        if step and grad_out is not None:
+            grad_out = grad_out.unsqueeze(2)
+        dstate = canonical_inputs(self._seq_program, self._plan, seq_inputs).dstate
+        with torch.no_grad():
+            grads = run_backward(self._diag_module(dstate), self._plan, self._seq_program, fwd, seq_inputs, grad_out,
+                                 grad_final_state, initial_state=initial_state, cu_seqlens=cu_seqlens)
+        if step:
+            seq_dims = {s.name: s.dims for s in self._seq_program.tensors()}
+            for name, g in grads.items():
+                src = inputs.get(name)
+                if g is not None and src is not None and g.dim() != src.dim():
+                    grads[name] = g.reshape(src.shape)
+        return grads
+
+
+def export(program: Program, target: TargetLike, path: Union[str, Path], *, dstate: int = 16,
+           headdim: int = 64, schedule: Optional[Schedule] = None) -> Path:
+    """Compile ``program`` ahead of time for ``target`` (e.g. ``"cuda -arch=sm_90"``) and write
+    ``<path>.so`` + ``<path>.json``; returns the ``.so`` path.
+
+    The sizes the kernels are specialised for (``dstate``; ``headdim`` for matrix states)
+    are recorded in the metadata. See the module docstring for loading the library with
+    TVM's runtime only.
+    """
+    backend = TVMBackend()
+    if not backend.available():
+        raise ImportError("export needs apache-tvm >= 0.27 (the compiler, not only the runtime)")
+    schedule = schedule or backend.default_schedule(program)
+    tgt = normalize_target(target)
+    source = render_source(program, schedule, target_kind(tgt))
+    if program.state.shape == "vector":
+        meta = diag_meta(DiagPlan.of(program, schedule), dstate)
+    else:
+        from .tvm_matrix import matrix_meta
+
+        meta = matrix_meta(program, dstate, headdim)
+    import tvm
+
+    from .tvm_runtime import parse
+
+    executable = tvm.compile(parse(source, meta), target=tgt)
+    base = Path(path)
+    lib = base.with_suffix(".so")
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    executable.export_library(str(lib))
+    mod = parse(source, meta)
+    signature = {name.name_hint: [p.name for p in func.params] for name, func in mod.functions.items()}
+    info = {"program": json.loads(program.to_json()), "schedule": schedule.to_dict(), "target": tgt,
+            "sizes": meta, "tvm": tvm.__version__, "functions": signature}
+    base.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    return lib

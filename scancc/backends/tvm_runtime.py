@@ -1,0 +1,142 @@
+"""Parsing, compiling and caching TVMScript modules.
+
+A kernel source is TVMScript text with a few free names (``DSTATE`` ...) bound when it is
+parsed, so one source gives one module per state size. Compiled modules are cached in
+this process and on disk under ``$SCANCC_CACHE_DIR`` (default ``~/.cache/scancc``) as
+shared libraries, keyed by the SHA-256 of (source, bound names, target, TVM version).
+Loading a cached library needs only TVM's runtime, not its compiler.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+TargetLike = Union[str, Mapping[str, Any]]
+
+_modules: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def tvm_available() -> bool:
+    try:
+        import tvm  # noqa: F401
+        from tvm.script import tirx  # noqa: F401
+    except Exception:  # ImportError, or a broken native library
+        return False
+    return True
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SCANCC_CACHE_DIR") or Path.home() / ".cache" / "scancc") / "tvm"
+
+
+@functools.lru_cache(maxsize=None)
+def host_target() -> dict[str, Any]:
+    """The LLVM target of this CPU (``mcpu`` from LLVM's host detection, so AVX-512 is used
+    where present)."""
+    import tvm
+
+    target: dict[str, Any] = {"kind": "llvm"}
+    get_cpu = getattr(tvm.target.codegen, "llvm_get_system_cpu", None)
+    cpu = get_cpu() if get_cpu is not None else ""
+    if cpu and cpu != "generic":
+        target["mcpu"] = str(cpu)
+    return target
+
+
+def normalize_target(target: TargetLike) -> dict[str, Any]:
+    """A TVM target as a JSON dict; accepts a dict, ``"llvm"``, ``"cuda"`` or the older
+    command-line form ``"cuda -arch=sm_90"`` (TVM 0.27 no longer parses that form itself)."""
+    if isinstance(target, Mapping):
+        if "kind" not in target:
+            raise ValueError(f"target dict needs a 'kind', got {dict(target)!r}")
+        return dict(target)
+    if not isinstance(target, str) or not target.strip():
+        raise TypeError(f"target must be a non-empty string or a dict, got {target!r}")
+    kind, *opts = target.split()
+    if kind == "llvm" and not opts:
+        return dict(host_target())
+    out: dict[str, Any] = {"kind": kind}
+    for opt in opts:
+        key, sep, value = opt.lstrip("-").partition("=")
+        if not sep:
+            raise ValueError(f"target option {opt!r} in {target!r} is not of the form -key=value")
+        out[key] = value
+    return out
+
+
+def target_kind(target: Mapping[str, Any]) -> str:
+    """``"cpu"`` or ``"gpu"``: which flavour of the templates a target needs."""
+    return "cpu" if target["kind"] in ("llvm", "c") else "gpu"
+
+
+def cache_key(source: str, meta: Mapping[str, Any], target: Mapping[str, Any]) -> str:
+    import tvm
+
+    blob = json.dumps({"source": source, "meta": dict(meta), "target": dict(target), "tvm": tvm.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def parse(source: str, meta: Mapping[str, Any]):
+    """The ``IRModule`` of ``source`` with the free names of ``meta`` bound."""
+    import tvm
+    from tvm.script.parser.core.entry import _default_globals
+
+    return tvm.script.from_source(source, extra_vars={**_default_globals(), **meta})
+
+
+def compile_module(source: str, meta: Mapping[str, Any], target: TargetLike, *, disk: bool = True):
+    """A runtime module for ``source`` (functions by name: ``module["forward"]``).
+
+    Looked up in this process, then on disk; compiled and stored otherwise.
+    """
+    import tvm
+
+    tgt = normalize_target(target)
+    key = cache_key(source, meta, tgt)
+    with _lock:
+        hit = _modules.get(key)
+    if hit is not None:
+        return hit
+    path = cache_dir() / f"{key}.so"
+    module = None
+    if disk and path.exists():
+        try:
+            module = tvm.runtime.load_module(str(path))
+        except Exception:  # a truncated or foreign file: rebuild it
+            module = None
+    if module is None:
+        executable = tvm.compile(parse(source, meta), target=tgt)
+        module = executable.mod
+        if disk:
+            module = _store(executable, path) or module
+    with _lock:
+        return _modules.setdefault(key, module)
+
+
+def _store(executable: Any, path: Path):
+    """Write ``executable`` to ``path`` atomically and load it back (None if the disk is not writable)."""
+    import tvm
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        executable.export_library(tmp)
+        os.replace(tmp, path)
+        return tvm.runtime.load_module(str(path))
+    except OSError:
+        return None
+
+
+def clear_memory_cache() -> None:
+    with _lock:
+        _modules.clear()
