@@ -10,6 +10,7 @@ from .base import Backend
 # name -> "module:attribute" of a class whose instances implement the Backend protocol.
 BACKENDS: dict[str, str] = {
     "triton": "scancc.backends.triton:TritonBackend",
+    "tvm": "scancc.backends.tvm:TVMBackend",
 }
 
 
