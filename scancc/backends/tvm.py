@@ -183,8 +183,7 @@ class TVMCompiledScan:
                                  save_for_backward=save_for_backward)
         if step:
             fwd.out = fwd.out.squeeze(2 if self.program.layout == "channel" else 1)
-            if initial_state is not None and fwd.final_state is not None and isinstance(initial_state, torch.Tensor):
-                initial_state.copy_(fwd.final_state.to(initial_state.dtype))
+            _update_in_place(initial_state, fwd.final_state)
             if not return_final_state:
                 fwd.final_state = None
         return fwd
@@ -219,6 +218,18 @@ class TVMCompiledScan:
                 if g is not None and src is not None and g.dim() != src.dim():
                     grads[name] = g.reshape(src.shape)
         return grads
+
+
+def _update_in_place(state: Any, new: Any) -> None:
+    """Write a decode step's new state into the caller's state (tensor or dict of tensors)."""
+    if state is None or new is None:
+        return
+    if isinstance(state, torch.Tensor):
+        state.copy_((new["ssm"] if isinstance(new, dict) else new).to(state.dtype))
+        return
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and key in new:
+            value.copy_(new[key].to(value.dtype))
 
 
 def export(program: Program, target: TargetLike, path: Union[str, Path], *, dstate: int = 16,
