@@ -57,8 +57,10 @@ def compile(  # noqa: A001 - the public name is scancc.compile
         raise ImportError(f"the {name!r} backend needs its runtime, which is not installed here: "
                           f"pip install 'scancc[{name}]'")
     if not impl.supports(program, schedule):
+        explain = getattr(impl, "unsupported_reason", None)
+        reason = explain(program, schedule) if explain is not None else None
         raise ValueError(f"backend {name!r} cannot lower program {program.name!r} ({program.family}) "
-                         f"with schedule {schedule.to_json()}")
+                         f"with schedule {schedule.to_json()}" + (f": {reason}" if reason else ""))
     compiled = impl.build(program, schedule, impl.lower(program, schedule))
     with _lock:
         return _cache.setdefault(key, compiled)
