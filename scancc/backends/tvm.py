@@ -232,18 +232,14 @@ def _update_in_place(state: Any, new: Any) -> None:
             value.copy_(new[key].to(value.dtype))
 
 
-def export(program: Program, target: TargetLike, path: Union[str, Path], *, dstate: int = 16,
-           headdim: int = 64, schedule: Optional[Schedule] = None) -> Path:
-    """Compile ``program`` ahead of time for ``target`` (e.g. ``"cuda -arch=sm_90"``) and write
-    ``<path>.so`` + ``<path>.json``; returns the ``.so`` path.
-
-    The sizes the kernels are specialised for (``dstate``; ``headdim`` for matrix states)
-    are recorded in the metadata. See the module docstring for loading the library with
-    TVM's runtime only.
-    """
+def compile_for(program: Program, target: TargetLike, *, dstate: int = 16, headdim: int = 64,
+                schedule: Optional[Schedule] = None) -> tuple[Any, str, dict[str, int]]:
+    """``(executable, source, bound sizes)``: ``program`` compiled for ``target`` (any TVM
+    target: ``"llvm"``, ``"cuda -arch=sm_90"``, a target dict) with the template flavour
+    the target needs. Needs TVM's compiler; no device is needed to compile."""
     backend = TVMBackend()
     if not backend.available():
-        raise ImportError("export needs apache-tvm >= 0.27 (the compiler, not only the runtime)")
+        raise ImportError("compiling for a target needs apache-tvm >= 0.27 (the compiler, not only the runtime)")
     schedule = schedule or backend.default_schedule(program)
     tgt = normalize_target(target)
     source = render_source(program, schedule, target_kind(tgt))
@@ -252,19 +248,45 @@ def export(program: Program, target: TargetLike, path: Union[str, Path], *, dsta
     else:
         from .tvm_matrix import matrix_meta
 
-        meta = matrix_meta(program, dstate, headdim)
+        meta = matrix_meta(program, dstate, headdim, max(1, dstate // 4) if program.rotary else 0)
     import tvm
 
     from .tvm_runtime import parse
 
-    executable = tvm.compile(parse(source, meta), target=tgt)
+    return tvm.compile(parse(source, meta), target=tgt), source, meta
+
+
+def device_source(program: Program, target: TargetLike = "cuda -arch=sm_90", **sizes: int) -> str:
+    """The device code (CUDA C for a CUDA target) TVM generates for ``program``."""
+    executable, _, _ = compile_for(program, target, **sizes)
+    imports = executable.mod.imports
+    if not imports:
+        raise ValueError(f"target {target!r} produced no device module")
+    return imports[0].inspect_source()
+
+
+def export(program: Program, target: TargetLike, path: Union[str, Path], *, dstate: int = 16,
+           headdim: int = 64, schedule: Optional[Schedule] = None) -> Path:
+    """Compile ``program`` ahead of time for ``target`` (e.g. ``"cuda -arch=sm_90"``) and write
+    ``<path>.so`` + ``<path>.json``; returns the ``.so`` path.
+
+    The kernels are specialised for ``dstate`` (and ``headdim`` for matrix states; Mamba-3's
+    rotary uses ``dstate // 4`` angle pairs); the sizes are recorded in the metadata, with
+    each function's parameter names in call order. See the module docstring for loading
+    the library with TVM's runtime only.
+    """
+    import tvm
+
+    from .tvm_runtime import parse
+
+    executable, source, meta = compile_for(program, target, dstate=dstate, headdim=headdim, schedule=schedule)
     base = Path(path)
     lib = base.with_suffix(".so")
     lib.parent.mkdir(parents=True, exist_ok=True)
     executable.export_library(str(lib))
     mod = parse(source, meta)
-    signature = {name.name_hint: [p.name for p in func.params] for name, func in mod.functions.items()}
-    info = {"program": json.loads(program.to_json()), "schedule": schedule.to_dict(), "target": tgt,
-            "sizes": meta, "tvm": tvm.__version__, "functions": signature}
+    signature = {gv.name_hint: [p.name for p in func.params] for gv, func in mod.functions.items()}
+    info = {"program": json.loads(program.to_json()), "schedule": (schedule or TVMBackend().default_schedule(program)).to_dict(),
+            "target": normalize_target(target), "sizes": meta, "tvm": tvm.__version__, "functions": signature}
     base.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return lib
