@@ -38,7 +38,7 @@ def _step(program: Program) -> Optional[StepPlan]:
 @dataclass(frozen=True)
 class DiagPlan:
     cplx: bool          # complex state
-    x_complex: bool     # the input x is complex (complex y = h scans)
+    x_complex: bool     # the input x is complex (the templates handle it; no IR program has one yet)
     out_complex: bool   # the output is complex
     decay: str          # "input" (a given), "exp" (exp(Δ·A)), "fixed" (Ā from the host)
     inp: str            # "direct" (s(a)·x), "euler" (Δ·B·x), "fixed" (B̄·x)
@@ -61,7 +61,7 @@ class DiagPlan:
         direct = inp.kind == "direct"
         return cls(
             cplx=program.state.complex,
-            x_complex=program.state.complex and dec.kind == "input",
+            x_complex=False,  # every program's x/u is real (Program.tensors)
             out_complex=program.state.complex and rd.kind == "state",
             decay={"input": "input", "exp": "exp", "lti": "fixed"}[dec.kind],
             inp="direct" if direct else ("fixed" if lti else "euler"),
