@@ -19,6 +19,7 @@ import torch
 from ..ir import Program
 from .base import ScanForward
 from .diagonal import discretize
+from .tvm_runtime import empty
 from .tvm_plan import DiagPlan
 
 
@@ -205,9 +206,9 @@ def run_forward(module: Any, plan: DiagPlan, program: Program, inputs: Mapping[s
     h0 = state_in(initial_state, nseq, call.dim, call.dstate, plan.cplx)
     nck = math.ceil(longest / plan.tile) + 1 if save_for_backward else 1
     shape = (nseq, call.dim, nck, call.dstate) + ((2,) if plan.cplx else ())
-    states = torch.empty(shape)
+    states = empty(shape)
     out_shape = (call.batch, call.dim, call.seqlen) + ((2,) if plan.out_complex else ())
-    out = torch.full(out_shape, math.nan) if cu_seqlens is not None else torch.empty(out_shape)
+    out = torch.full(out_shape, math.nan) if cu_seqlens is not None else empty(out_shape)
     if cu_seqlens is not None and int(cu[-1]) < call.seqlen:
         out[:, :, int(cu[-1]):] = 0.0
     use_gate = int(plan.gate and "z" in call.args)
@@ -255,24 +256,26 @@ def run_backward(module: Any, plan: DiagPlan, program: Program, fwd: ScanForward
     gT = state_in(grad_final_state, nseq, dim, N, plan.cplx, "grad_final_state")
     nsplit = math.ceil((dim // G) / plan.block_d)
     use_gate = int(plan.gate and "z" in call.args)
-    g: dict[str, torch.Tensor] = {"dx": torch.zeros(seq + ((2,) if plan.x_complex else ()))}
+    # Every element is written by the kernel unless sequences leave steps uncovered (varlen).
+    alloc = empty if cu_seqlens is None else torch.zeros
+    g: dict[str, torch.Tensor] = {"dx": alloc(seq + ((2,) if plan.x_complex else ()))}
     if plan.step:
-        g["ddelta"] = torch.zeros(seq)
-        g["dbias"] = torch.zeros(nseq, dim)
+        g["ddelta"] = alloc(seq)
+        g["dbias"] = alloc((nseq, dim))
     if plan.decay != "input":
-        g["dA"] = torch.zeros((nseq, dim, N) + c2)
+        g["dA"] = alloc((nseq, dim, N) + c2)
     else:
-        g["da"] = torch.zeros(seq + c2)
+        g["da"] = alloc(seq + c2)
     for name, src in (("dB", plan.b_src), ("dC", plan.c_src)):
         if src == "varying":
-            g[name] = torch.zeros((bsz, G, nsplit, L, N) + c2)
+            g[name] = alloc((bsz, G, nsplit, L, N) + c2)
         elif src == "fixed":
-            g[name] = torch.zeros((nseq, dim, N) + c2)
+            g[name] = alloc((nseq, dim, N) + c2)
     if plan.skip:
-        g["dD"] = torch.zeros(nseq, dim)
+        g["dD"] = alloc((nseq, dim))
     if plan.gate:
-        g["dz"] = torch.zeros(seq)
-    g["dh0"] = torch.empty((nseq, dim, N) + c2)
+        g["dz"] = alloc(seq)
+    g["dh0"] = empty((nseq, dim, N) + c2)
     args = _ordered(plan, call, cu, use_gate)
     module["backward"](*args, states, dout, gT, *g.values(), varlen, use_gate)
     return _named_grads(program, plan, call, g, inputs, initial_state, use_gate)

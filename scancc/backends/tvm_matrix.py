@@ -15,6 +15,7 @@ import torch
 from ..ir import Program
 from .base import ScanForward
 from .tvm_diag import _check_shape, _f32, _need
+from .tvm_runtime import empty
 from .tvm_plan import MatrixPlan
 
 if TYPE_CHECKING:
@@ -119,11 +120,11 @@ def run_forward(compiled: "TVMCompiledScan", plan: MatrixPlan, program: Program,
     args.append(cu)
     m3 = plan.kind == "mamba3"
     state = _states_in(initial_state, m3, nseq, heads, headdim, dstate, R, pairs)
-    out = torch.empty(x.shape) if cu_seqlens is None else torch.zeros(x.shape)
-    final = {"ssm": torch.empty(nseq, heads, headdim, dstate)}
+    out = empty(tuple(x.shape)) if cu_seqlens is None else torch.zeros(x.shape)
+    final = {"ssm": empty((nseq, heads, headdim, dstate))}
     if m3:
-        final.update(angle=torch.empty(nseq, heads, max(pairs, 1)), k=torch.empty(nseq, R, heads, dstate),
-                     x=torch.empty(nseq, heads, headdim))
+        final.update(angle=empty((nseq, heads, max(pairs, 1))), k=empty((nseq, R, heads, dstate)),
+                     x=empty((nseq, heads, headdim)))
     module = compiled.module(matrix_meta(program, dstate, headdim, pairs))
     ins = [state["ssm"]] + ([state["angle"], state["k"], state["x"]] if m3 else [])
     outs = [out, final["ssm"]] + ([final["angle"], final["k"], final["x"]] if m3 else [])

@@ -33,6 +33,16 @@ def tvm_available() -> bool:
     return True
 
 
+def empty(shape: tuple[int, ...]):
+    """An output buffer: uninitialised, or NaN-filled when ``$SCANCC_POISON`` is set (tests set
+    it so that elements a kernel fails to write cannot pass)."""
+    import torch
+
+    if os.environ.get("SCANCC_POISON"):
+        return torch.full(shape, float("nan"))
+    return torch.empty(shape)
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SCANCC_CACHE_DIR") or Path.home() / ".cache" / "scancc") / "tvm"
 
