@@ -15,12 +15,15 @@ entry and the output is cast back to the input's dtype; gradients come back in e
 input's dtype. Complex quantities are complex64.
 
 Ahead-of-time route (GPU machines without the TVM compiler): :func:`export` writes
-``<path>.so`` (host code + embedded CUDA module) and ``<path>.json`` (program, schedule,
-target, bound sizes, function signatures). On the GPU machine only TVM's runtime is
-needed — ``libtvm_runtime.so`` + ``libtvm_runtime_cuda.so`` and the ``tvm_ffi`` package
-(a few MB, no LLVM, no ``libtvm_compiler.so``): ``tvm.runtime.load_module(path + ".so")``
-gives a module whose ``["forward"]`` takes DLPack tensors (torch CUDA tensors directly),
-in the order the ``.json`` lists.
+``<path>.so`` (host code + embedded CUDA module, compiled with nvcc by TVM) and
+``<path>.json`` (program, schedule, target, bound sizes, each function's parameters in
+call order). On the GPU machine only TVM's runtime is needed — the ``tvm_ffi`` package
+and ``libtvm_runtime.so`` + ``libtvm_runtime_cuda.so`` (about 17 MB in all; no LLVM, no
+``libtvm_compiler.so``, no ``import tvm``): :func:`scancc.backends.tvm_runtime.load_exported`
+loads the two libraries with ``RTLD_GLOBAL`` and calls ``tvm_ffi.load_module``; the
+module's ``["forward"]`` takes torch tensors directly (DLPack). Loading with ``tvm_ffi``
+alone, without ``libtvm_runtime.so``, crashes: the kernels call its parallel runtime and
+workspace allocator.
 """
 
 from __future__ import annotations
@@ -212,7 +215,6 @@ class TVMCompiledScan:
             grads = run_backward(self._diag_module(dstate), self._plan, self._seq_program, fwd, seq_inputs, grad_out,
                                  grad_final_state, initial_state=initial_state, cu_seqlens=cu_seqlens)
         if step:
-            seq_dims = {s.name: s.dims for s in self._seq_program.tensors()}
             for name, g in grads.items():
                 src = inputs.get(name)
                 if g is not None and src is not None and g.dim() != src.dim():

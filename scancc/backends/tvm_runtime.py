@@ -150,3 +150,30 @@ def _store(executable: Any, path: Path):
 def clear_memory_cache() -> None:
     with _lock:
         _modules.clear()
+
+
+def load_exported(path: Union[str, Path], runtime_dir: Union[str, Path, None] = None, *, cuda: bool = False):
+    """Load a library written by :func:`scancc.backends.tvm.export` with TVM's runtime only.
+
+    Needs the ``tvm_ffi`` package and ``libtvm_runtime.so`` (+ ``libtvm_runtime_cuda.so`` for
+    CUDA modules, which registers their loader) from ``runtime_dir`` (default: the installed
+    ``tvm/lib``, found without importing ``tvm``); no LLVM and no ``libtvm_compiler.so``.
+    Returns the module: ``module["forward"](*tensors)`` in the order of the ``.json``.
+    """
+    import ctypes
+    import importlib.util
+
+    import tvm_ffi
+
+    if runtime_dir is None:
+        spec = importlib.util.find_spec("tvm")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("runtime_dir not given and no installed tvm package to take libtvm_runtime.so from")
+        runtime_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
+    for name in names:
+        lib = Path(runtime_dir) / name
+        if not lib.exists():
+            raise FileNotFoundError(f"{lib} not found (TVM's runtime library is needed to load exported kernels)")
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    return tvm_ffi.load_module(str(path))

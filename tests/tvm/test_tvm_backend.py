@@ -271,3 +271,28 @@ def test_unsupported_schedules_and_backward_are_refused() -> None:
     kernel = compiled(MATRIX["ssd"])
     with pytest.raises(ValueError, match="forward only"):
         kernel.backward(None, {}, None)  # type: ignore[arg-type]
+
+
+def test_exported_library_loads_with_the_runtime_only(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    lib = export(DIAGONAL["linear"], "llvm", tmp_path / "linear", dstate=1)
+    script = (
+        "import sys, torch\n"
+        "from scancc.backends.tvm_runtime import load_exported\n"
+        f"m = load_exported({str(lib)!r})\n"
+        "out = torch.zeros(1, 1, 3)\n"
+        "m['forward'](torch.full((1, 1, 3), 0.5), torch.ones(1, 1, 3), torch.tensor([0, 3], dtype=torch.int32),"
+        " torch.zeros(1, 1, 1), out, torch.empty(1, 1, 1, 1), 0, 0)\n"
+        "assert 'tvm' not in sys.modules, 'the runtime-only route must not import tvm'\n"
+        "print(out.flatten().tolist())\n"
+    )
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[1.0, 1.5, 1.75]"
