@@ -167,11 +167,23 @@ def cmd_emit(args: argparse.Namespace) -> int:
     backend = get_backend(args.backend)
     schedule = load_schedule(backend, program, args.schedule)
     if not backend.supports(program, schedule):
-        print(f"scancc emit: backend {args.backend!r} cannot lower program {program.name!r} "
-              f"({program.family}) with {schedule}", file=sys.stderr)
+        explain = getattr(backend, "unsupported_reason", None)  # optional, beyond the Backend protocol
+        reason = explain(program, schedule) if callable(explain) else None
+        message = f"backend {args.backend!r} cannot lower program {program.name!r} ({program.family})"
+        message += f": {reason}" if reason else f" with {schedule}"
+        others = [name for name in backend_names() if name != args.backend and _lowers(name, program)]
+        if others:
+            message += f" (backends that can: {', '.join(others)})"
+        print(f"scancc emit: {message}", file=sys.stderr)
         return EXIT_FAIL
     print(backend.lower(program, schedule), end="")
     return EXIT_OK
+
+
+def _lowers(name: str, program: Any) -> bool:
+    """Whether backend ``name`` can lower ``program`` with its default schedule."""
+    backend = get_backend(name)
+    return bool(backend.supports(program, backend.default_schedule(program)))
 
 
 # -- demo ---------------------------------------------------------------------------------------
@@ -230,10 +242,16 @@ def demo_tolerance(schedule: Any, device: str) -> float:
     return tolerance("float32", chunked=chunked, tf32=device == "cuda" and schedule.algorithm == "ssd_chunked")
 
 
-def _cuda_ms(fn: Callable[[], Any]) -> float:
-    from triton.testing import do_bench
+def _time_ms(fn: Callable[[], Any], device: str) -> float:
+    """Median of ``do_bench`` on a GPU; one wall-clock call on CPU (after the checked call,
+    so one-off compilation is not counted)."""
+    if device == "cuda":
+        from triton.testing import do_bench
 
-    return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+        return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def _to_device(value: Any, device: str) -> Any:
@@ -262,12 +280,9 @@ def run_demo_case(label: str, program: Any, backend_name: str, device: str, seed
     try:
         compiled = scancc_compile(program, backend=backend_name, schedule=schedule)
         inputs = {name: _to_device(value, device) for name, value in arrays.items()}
-        start = time.perf_counter()
         out = compiled.forward(inputs).out
-        # Under the interpreter one call is slow enough to time by itself; on a GPU the
-        # first call also compiles, so it is timed again properly.
-        row.ms = (time.perf_counter() - start) * 1e3 if device == "cpu" else _cuda_ms(lambda: compiled.forward(inputs))
         row.err = rel_l2(out, sequential(program, arrays))
+        row.ms = _time_ms(lambda: compiled.forward(inputs), device)
         row.result = "pass" if row.err <= row.tol else "FAIL"
     except Exception as exc:  # a crash in a supported case is a failure row, not the end of the demo
         first_line = str(exc).splitlines()[0][:100] if str(exc) else ""
