@@ -105,7 +105,7 @@ def make_inputs(batch: int, dim: int, dstate: int, seqlen: int, device: str) -> 
 def oracle_error(inputs: dict[str, Any], out: Any) -> float:
     """rel-L2 of ``out[0, :16]`` against the float64 oracle on batch 0, channels 0..15."""
     from scancc.ir import selective
-    from scancc.oracle import sequential
+    from scancc.oracle import rel_l2, sequential
 
     c = CHECK_CHANNELS
     sliced = {
@@ -113,9 +113,8 @@ def oracle_error(inputs: dict[str, Any], out: Any) -> float:
         "B": inputs["B"][:1], "C": inputs["C"][:1], "D": inputs["D"][:c], "z": inputs["z"][:1, :c],
         "delta_bias": inputs["delta_bias"][:c],
     }
-    ref = sequential(selective(), {k: v.detach().float().cpu() for k, v in sliced.items()})
-    ref_out = getattr(ref, "out", ref)
-    return common.rel_l2(out[:1, :c], ref_out)
+    ref = sequential(selective(), {k: v.detach().float().cpu().numpy() for k, v in sliced.items()})
+    return rel_l2(out[:1, :c], ref)
 
 
 def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
 import os
 import platform
 import subprocess
@@ -100,19 +99,6 @@ def copy_bandwidth(device: str, smoke: bool) -> dict[str, float]:
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"copy_ms": ms, "copy_bytes": float(moved), "copy_tbps": moved / (ms * 1e-3) / 1e12}
-
-
-def rel_l2(out: Any, ref: Any) -> float:
-    """``‖out − ref‖ / ‖ref‖`` in float64; NaN anywhere gives ``inf``."""
-    import torch
-
-    out64 = torch.as_tensor(out).detach().to("cpu", torch.float64)
-    ref64 = torch.as_tensor(ref).detach().to("cpu", torch.float64)
-    if out64.shape != ref64.shape:
-        raise ValueError(f"rel_l2: shapes differ: out {tuple(out64.shape)} vs ref {tuple(ref64.shape)}")
-    if not torch.isfinite(out64).all():
-        return math.inf
-    return float(torch.linalg.vector_norm(out64 - ref64) / torch.linalg.vector_norm(ref64).clamp_min(1e-30))
 
 
 # -- rows and result files ----------------------------------------------------------------
