@@ -26,13 +26,16 @@ from .templating import render
 
 TEMPLATE = "triton/diagonal.py.j2"
 
-# Defaults measured on an H100 (Triton 3.6), see default_schedule. A state tile holds
-# BLOCK_D · BLOCK_N · BLOCK_L values (twice that for complex states) in registers.
-TILE_ELEMENTS = 2048
+# Defaults measured on an H100 (Triton 3.6), see default_schedule and tile_sizes. A state
+# tile holds BLOCK_D · BLOCK_N · BLOCK_L values (twice that for complex states) in registers.
 DEFAULT_BLOCK_L_SCALAR = 2048  # plain scans (one value of state per channel)
-DEFAULT_BLOCK_D_VECTOR = 2     # channels per program when the state has an n axis
+DEFAULT_BLOCK_D_VECTOR = 8     # channels per program when the state has an n axis
 DEFAULT_WARPS_SCALAR = 4
 DEFAULT_WARPS_VECTOR = 1
+FWD_TILE_ELEMENTS = 512        # forward tiles of programs with a state axis (8 × 16 × 4 for N = 16)
+BWD_TILE_ELEMENTS = 1024       # backward tiles keep about ten tiles live: smaller
+CHECKPOINT_STEPS = 64          # the forward saves the state at least every this many steps
+MIN_PROGRAMS = 1024            # default block_d halves while num_seqs·dim/block_d is below this
 
 
 def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -81,13 +84,14 @@ class TritonBackend:
     def default_schedule(self, program: Program) -> Schedule:
         """``chunked_scan``. Plain scans (no ``dstate``): tiles of 2048 steps, one channel per
         program, 4 warps (fp32 B8 D1536 L4096 on an H100: 98 % of copy bandwidth). Programs
-        with a state axis: one warp per program and ``block_l`` left to :func:`tile_sizes`,
-        which sizes tiles from ``dstate`` at launch (2 channels × 16 states × 64 steps for
-        Mamba-1's N = 16, the fastest of the block sizes and warp counts tried on an H100)."""
+        with a state axis: one warp per program, ``block_d`` and ``block_l`` left to
+        :func:`tile_sizes`, which sizes tiles from ``dstate`` and the number of sequences and
+        channels at launch (8 channels × 16 states × 4 steps for Mamba-1's N = 16: the
+        fastest of the block sizes and warp counts tried on an H100)."""
         if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
             return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L_SCALAR, block_d=1,
                             num_warps=DEFAULT_WARPS_SCALAR)
-        return Schedule(algorithm="chunked_scan", block_d=DEFAULT_BLOCK_D_VECTOR, num_warps=DEFAULT_WARPS_VECTOR)
+        return Schedule(algorithm="chunked_scan", num_warps=DEFAULT_WARPS_VECTOR)
 
     def lower(self, program: Program, schedule: Schedule) -> str:
         reason = self.unsupported_reason(program, schedule)
@@ -143,11 +147,9 @@ class _Bound:
     num_seqs: int
     device: torch.device
     out_dtype: torch.dtype
-    block_d: int
-    block_n: int
-    block_l: int
-    n_tiles: int
-    n_slots: int
+    tiles: "Tiles"
+    n_tiles: int  # backward tiles per sequence (without cu_seqlens)
+    n_slots: int  # checkpoint rows
     cu_seqlens: Optional[torch.Tensor]
 
 
@@ -235,13 +237,13 @@ class TritonScan:
             num_seqs = cu_seqlens.shape[0] - 1
             cu_seqlens = cu_seqlens.to(device=device)
 
-        block_d, block_n, block_l = tile_sizes(self.plan, self.schedule, dim, dstate, chans_per_group)
-        n_tiles = -(-seqlen // block_l)
+        tiles = tile_sizes(self.plan, self.schedule, dim, dstate, chans_per_group, num_seqs)
+        n_tiles = -(-seqlen // tiles.bwd_block_l)
+        # with cu_seqlens, sequence s's k-th backward tile saves to row s + start_s // tile + k
         n_slots = num_seqs * n_tiles if cu_seqlens is None else num_seqs + n_tiles
         cplx_out = plan.complex and self.program.readout.kind == "state"
         return _Bound(tensors, batch, dim, seqlen, dstate, groups, num_seqs, device,
-                      torch.complex64 if cplx_out else x.dtype, block_d, block_n, block_l, n_tiles, n_slots,
-                      cu_seqlens)
+                      torch.complex64 if cplx_out else x.dtype, tiles, n_tiles, n_slots, cu_seqlens)
 
     def _check_device(self, device: torch.device) -> None:
         if device.type == "cuda":
@@ -282,9 +284,9 @@ class TritonScan:
     def _flags(self, b: _Bound) -> list[bool]:
         return [b.tensors[op.name] is not None for op in self.plan.optional_operands]
 
-    def _launch(self, kernel: Any, b: _Bound, args: list[Any]) -> None:
-        grid = (b.num_seqs * (b.dim // b.block_d),)
-        meta = dict(BLOCK_D=b.block_d, BLOCK_N=b.block_n, BLOCK_L=b.block_l,
+    def _launch(self, kernel: Any, b: _Bound, args: list[Any], block_d: int, block_l: int, ckpt_every: int) -> None:
+        grid = (b.num_seqs * (b.dim // block_d),)
+        meta = dict(BLOCK_D=block_d, BLOCK_N=b.tiles.block_n, BLOCK_L=block_l, CKPT_EVERY=ckpt_every,
                     num_warps=self.schedule.num_warps, num_stages=self.schedule.num_stages)
         if b.device.type == "cuda":
             with torch.cuda.device(b.device):
@@ -312,7 +314,8 @@ class TritonScan:
                  b.seqlen, b.dim, b.dim // b.groups, b.n_tiles, b.dstate]
         args += self._flags(b)
         args += [h0 is not None, ht is not None, ckpt is not None, b.cu_seqlens is not None]
-        self._launch(self._fwd, b, args)
+        t = b.tiles
+        self._launch(self._fwd, b, args, t.block_d, t.block_l, t.ckpt_every)
         final = None
         if ht is not None:
             final = torch.view_as_complex(ht) if self.plan.complex else ht
@@ -372,9 +375,10 @@ class TritonScan:
         args += [raw[op.name] for op in self.plan.operands] + [dh0]
         args += [b.seqlen, b.dim, b.dim // b.groups, b.n_tiles, b.dstate]
         args += self._flags(b)
-        atomic = self.plan.grouped and (b.dim // b.groups) > b.block_d
+        t = b.tiles
+        atomic = self.plan.grouped and (b.dim // b.groups) > t.bwd_block_d
         args += [dht is not None, dh0 is not None, b.cu_seqlens is not None, atomic]
-        self._launch(self._bwd, b, args)
+        self._launch(self._bwd, b, args, t.bwd_block_d, t.bwd_block_l, 1)
 
         for op in self.plan.operands:
             g = raw[op.name]
@@ -411,23 +415,53 @@ class TritonScan:
         return {n: (g if g is not None else torch.zeros_like(inputs[n])) for n, g in zip(names, got)}  # type: ignore[arg-type]
 
 
-def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int,
-               chans_per_group: int) -> tuple[int, int, int]:
-    """``(BLOCK_D, BLOCK_N, BLOCK_L)`` for a launch.
+@dataclass(frozen=True)
+class Tiles:
+    """Block sizes of one launch. The forward walks tiles of ``block_l`` steps and saves the
+    state every ``ckpt_every`` tiles; the backward walks tiles of ``block_l·ckpt_every`` steps
+    (one per checkpoint) with ``bwd_block_d`` channels per program."""
+
+    block_d: int
+    block_n: int
+    block_l: int
+    ckpt_every: int
+    bwd_block_d: int
+
+    @property
+    def bwd_block_l(self) -> int:
+        return self.block_l * self.ckpt_every
+
+
+def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, chans_per_group: int,
+               num_seqs: int = MIN_PROGRAMS) -> Tiles:
+    """Block sizes for a launch.
 
     BLOCK_N covers the whole state (next power of two ≥ dstate). BLOCK_D is the largest
-    power of two ≤ the schedule's (default 1 for plain scans, 4 otherwise) dividing the
-    channels of a group, so that one program's channels share their B/C tile. BLOCK_L is
-    the schedule's, else sized so a state tile holds about ``TILE_ELEMENTS`` values.
+    power of two ≤ the schedule's dividing the channels of a group, so that one program's
+    channels share their B/C tile; by default 1 for plain scans, else 8, halved while there
+    would be fewer than ``MIN_PROGRAMS`` programs (long single sequences). BLOCK_L is
+    the schedule's, else 2048 for plain scans and about ``FWD_TILE_ELEMENTS`` values per
+    tile otherwise. Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
+    ``num_seqs·dim·dstate·seqlen / (BLOCK_L·ckpt_every)`` floats); the backward's tiles
+    span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values.
     """
+    cplx = 2 if plan.complex else 1
     block_n = _next_pow2(dstate) if plan.has_dstate else 1
     want_d = schedule.block_d or (DEFAULT_BLOCK_D_VECTOR if plan.has_dstate else 1)
     block_d = 1
     while block_d * 2 <= want_d and chans_per_group % (block_d * 2) == 0:
         block_d *= 2
+    if schedule.block_d is None:
+        while block_d > 1 and num_seqs * dim // block_d < MIN_PROGRAMS:
+            block_d //= 2
     if schedule.block_l is not None:
         block_l = schedule.block_l
+    elif not plan.has_dstate:
+        block_l = DEFAULT_BLOCK_L_SCALAR
     else:
-        per_step = block_d * block_n * (2 if plan.complex else 1)
-        block_l = max(16, min(DEFAULT_BLOCK_L_SCALAR, _next_pow2(TILE_ELEMENTS // per_step)))
-    return block_d, block_n, block_l
+        block_l = max(4, _next_pow2(FWD_TILE_ELEMENTS // (block_d * block_n * cplx) or 1))
+    ckpt_every = max(1, CHECKPOINT_STEPS // block_l)
+    bwd_block_d = block_d
+    while bwd_block_d > 1 and bwd_block_d * block_n * block_l * ckpt_every * cplx > BWD_TILE_ELEMENTS:
+        bwd_block_d //= 2
+    return Tiles(block_d, block_n, block_l, ckpt_every, bwd_block_d)

@@ -10,7 +10,7 @@ import torch
 from scancc import compiler, ir
 from scancc.backends import registry
 from scancc.backends.base import CompiledScan
-from scancc.backends.triton import TritonBackend, tile_sizes
+from scancc.backends.triton import Tiles, TritonBackend, tile_sizes
 from scancc.backends.diagonal import DiagonalPlan
 from scancc.ir import Schedule
 
@@ -117,11 +117,21 @@ def test_default_schedules() -> None:
     plain = backend.default_schedule(ir.linear())
     assert plain.algorithm == "chunked_scan" and plain.block_l == 2048 and plain.block_d == 1
     sel = backend.default_schedule(ir.selective())
-    assert sel.algorithm == "chunked_scan" and sel.block_l is None
-    # tiles sized from dstate at launch; channels per program divide the channels of a group
-    assert tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=64, dstate=16, chans_per_group=64) == (2, 16, 64)
-    assert tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=6, dstate=3, chans_per_group=3)[:2] == (1, 4)
-    assert tile_sizes(DiagonalPlan.of(ir.linear()), plain, dim=5, dstate=1, chans_per_group=5) == (1, 1, 2048)
+    assert sel.algorithm == "chunked_scan" and sel.block_l is None and sel.block_d is None
+    # tiles sized from dstate at launch; channels per program divide the channels of a group;
+    # checkpoints (and backward tiles) every 64 steps
+    mamba = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
+    assert mamba == Tiles(block_d=8, block_n=16, block_l=4, ckpt_every=16, bwd_block_d=1)
+    assert mamba.bwd_block_l == 64
+    # one long sequence: fewer channels per program, so that enough programs run
+    single = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1)
+    assert (single.block_d, single.block_l) == (4, 8)
+    fixed = sel.replace(block_d=8)
+    assert tile_sizes(DiagonalPlan.of(ir.selective()), fixed, dim=5120, dstate=16, chans_per_group=5120,
+                      num_seqs=1).block_d == 8
+    odd = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=6, dstate=3, chans_per_group=3)
+    assert (odd.block_d, odd.block_n) == (1, 4) and odd.bwd_block_l == 128
+    assert tile_sizes(DiagonalPlan.of(ir.linear()), plain, dim=5, dstate=1, chans_per_group=5) == Tiles(1, 1, 2048, 1, 1)
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:

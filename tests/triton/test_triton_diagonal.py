@@ -17,7 +17,8 @@ from scancc import ir
 
 DTYPES = st.sampled_from([torch.float32, torch.float32, torch.bfloat16, torch.float16])
 SEQLEN = st.one_of(st.integers(1, 70), st.sampled_from([1, 16, 17, 32, 33]))
-BLOCK_L = st.sampled_from([8, 16, 32])
+BLOCK_L = st.sampled_from([4, 8, 16, 32])
+CHECKPOINTS = st.sampled_from([1, 16, 32, 64])  # steps between checkpoints: backward tiles of 4–64 steps
 
 
 @st.composite
@@ -31,7 +32,8 @@ def selective_cases(draw: st.DrawFn, *, max_seqlen: int = 70) -> Case:
     return Case(program, batch=draw(st.integers(1, 2)), dim=dim, dstate=draw(st.sampled_from([1, 3, 4, 8])),
                 seqlen=min(draw(SEQLEN), max_seqlen), groups=groups, dtype=draw(DTYPES), block_l=draw(BLOCK_L),
                 block_d=draw(st.sampled_from([None, 1, 2, 4])), initial_state=draw(st.booleans()),
-                final_state=draw(st.booleans()), drop=drop, seed=draw(st.integers(0, 2**16)))
+                final_state=draw(st.booleans()), drop=drop, checkpoint_steps=draw(CHECKPOINTS),
+                seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
@@ -39,7 +41,8 @@ def linear_cases(draw: st.DrawFn) -> Case:
     program = LINEAR[draw(st.sampled_from(sorted(LINEAR)))]
     return Case(program, batch=draw(st.integers(1, 2)), dim=draw(st.integers(1, 8)), seqlen=draw(SEQLEN),
                 dtype=draw(DTYPES), block_l=draw(BLOCK_L), block_d=draw(st.sampled_from([None, 1, 2, 4])),
-                initial_state=draw(st.booleans()), final_state=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
+                initial_state=draw(st.booleans()), final_state=draw(st.booleans()),
+                checkpoint_steps=draw(CHECKPOINTS), seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
@@ -49,7 +52,7 @@ def lti_cases(draw: st.DrawFn) -> Case:
     return Case(program, batch=draw(st.integers(1, 2)), dim=draw(st.integers(1, 6)),
                 dstate=draw(st.sampled_from([1, 2, 4, 8])), seqlen=draw(SEQLEN), dtype=draw(DTYPES),
                 block_l=draw(BLOCK_L), initial_state=draw(st.booleans()), final_state=draw(st.booleans()),
-                drop=drop, seed=draw(st.integers(0, 2**16)))
+                drop=drop, checkpoint_steps=draw(CHECKPOINTS), seed=draw(st.integers(0, 2**16)))
 
 
 # -- forward -------------------------------------------------------------------------------------
@@ -96,20 +99,22 @@ def test_lti_backward(case: Case) -> None:
 ])
 def test_selective_b_c_sources(flags: dict[str, bool]) -> None:
     """Every B/C source (varying with groups, fixed) real and complex, forward and backward."""
-    case = Case(ir.selective(**flags), batch=2, dim=4, dstate=3, seqlen=23, groups=2, block_l=8, block_d=2)
+    case = Case(ir.selective(**flags), batch=2, dim=4, dstate=3, seqlen=23, groups=2, block_l=4, block_d=2,
+                checkpoint_steps=8)
     check_forward(case)
     check_backward(case)
 
 
 def test_only_final_state_gradient() -> None:
     """grad_out None: the gradient flows from the final state alone."""
-    case = Case(ir.selective(), dim=2, seqlen=19, block_l=8)
+    case = Case(ir.selective(), dim=2, seqlen=19, block_l=8, checkpoint_steps=8)
     check_backward(case, grad_out=False, grad_final=True)
 
 
 def test_channels_sharing_groups_accumulate_atomically() -> None:
     """Four channels per group, one channel per program: dB/dC are summed across programs."""
-    case = Case(ir.selective(), batch=2, dim=8, dstate=4, seqlen=21, groups=2, block_l=8, block_d=1)
+    case = Case(ir.selective(), batch=2, dim=8, dstate=4, seqlen=21, groups=2, block_l=8, block_d=1,
+                checkpoint_steps=8)
     check_backward(case)
 
 
@@ -121,8 +126,8 @@ VARLEN_PROGRAMS = {"linear": ir.linear(), "rglru_c": ir.linear(complex=True, sca
 @pytest.mark.parametrize("name", sorted(VARLEN_PROGRAMS))
 def test_varlen_matches_oracle(name: str) -> None:
     """cu_seqlens: sequences of length 1, exactly one tile, several tiles, packed in one row."""
-    case = Case(VARLEN_PROGRAMS[name], batch=1, dim=3, dstate=4, seqlen=50, block_l=8,
-                cu_seqlens=[0, 1, 9, 17, 50])
+    case = Case(VARLEN_PROGRAMS[name], batch=1, dim=3, dstate=4, seqlen=50, block_l=4,
+                cu_seqlens=[0, 1, 9, 17, 50], checkpoint_steps=8)
     check_forward(case)
     check_backward(case)
 

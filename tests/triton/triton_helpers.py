@@ -7,13 +7,16 @@ error, so unwritten elements and wrong values both fail.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
+from unittest import mock
 
 import numpy as np
 import torch
 
 from scancc import compiler, ir, oracle
+from scancc.backends import triton as triton_backend
 from scancc.backends.triton import TritonBackend
 from scancc.ir import Program, Schedule
 
@@ -72,6 +75,7 @@ class Case:
     final_state: bool = True
     cu_seqlens: Optional[list[int]] = None
     drop: tuple[str, ...] = ()   # optional inputs left out
+    checkpoint_steps: Optional[int] = None  # the backend's CHECKPOINT_STEPS for this case
     seed: int = 0
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
     h0: Optional[torch.Tensor] = field(default=None, init=False)
@@ -122,6 +126,15 @@ class Case:
 
     def compiled(self):
         return compiler.compile(self.program, backend="triton", schedule=self.schedule)
+
+    @contextlib.contextmanager
+    def checkpoint_interval(self) -> Iterator[None]:
+        """Checkpoints every ``checkpoint_steps`` steps (so short tests cross backward tiles)."""
+        if self.checkpoint_steps is None:
+            yield
+            return
+        with mock.patch.object(triton_backend, "CHECKPOINT_STEPS", self.checkpoint_steps):
+            yield
 
 
 def reference(case: Case, leaves: Optional[dict[str, torch.Tensor]] = None,
@@ -183,11 +196,13 @@ def check_backward(case: Case, *, grad_out: bool = True, grad_final: bool = True
 
     kernel = case.compiled()
     inputs = case.kernel_inputs()
-    fwd = kernel.forward(inputs, initial_state=case.kernel_state(), cu_seqlens=case.cu(),
-                         return_final_state=dfinal is not None, save_for_backward=True)
-    k_dout = dout.to(DEVICE, fwd.out.dtype) if grad_out else None
-    k_dfinal = None if dfinal is None else dfinal.to(DEVICE, fwd.final_state.dtype)
-    got = kernel.backward(fwd, inputs, k_dout, k_dfinal, initial_state=case.kernel_state(), cu_seqlens=case.cu())
+    with case.checkpoint_interval():
+        fwd = kernel.forward(inputs, initial_state=case.kernel_state(), cu_seqlens=case.cu(),
+                             return_final_state=dfinal is not None, save_for_backward=True)
+        k_dout = dout.to(DEVICE, fwd.out.dtype) if grad_out else None
+        k_dfinal = None if dfinal is None else dfinal.to(DEVICE, fwd.final_state.dtype)
+        got = kernel.backward(fwd, inputs, k_dout, k_dfinal, initial_state=case.kernel_state(),
+                              cu_seqlens=case.cu())
     for name in names:
         g = got.get(name)
         ref = want[name]
