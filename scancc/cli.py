@@ -393,14 +393,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if not _cuda_available():
+        # Before anything imports triton: without a GPU its kernels run under the interpreter.
+        os.environ["TRITON_INTERPRET"] = "1"
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        if args.command != "demo":  # demo picks its device itself (--device)
-            resolve_device("auto")  # without a GPU, Triton must be in interpreter mode before it is imported
         return int(args.func(args))
     except UsageError as exc:
         print(f"scancc {args.command}: error: {exc}", file=sys.stderr)
