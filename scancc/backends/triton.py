@@ -55,8 +55,19 @@ def _is_interpreted(kernel: Any) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+def _ssd(program: Program) -> Any:
+    """The SSD half of this backend (:mod:`scancc.backends.triton_ssd`) for programs with a
+    matrix state (SSD / Mamba-2), else ``None``."""
+    if program.state.shape != "matrix":
+        return None
+    from . import triton_ssd
+
+    return triton_ssd
+
+
 class TritonBackend:
-    """Lowers diagonal-family programs to Triton (see the module docstring)."""
+    """Lowers diagonal-family programs to Triton (see the module docstring); programs with a
+    matrix state go to :mod:`scancc.backends.triton_ssd`."""
 
     name = "triton"
 
@@ -69,6 +80,8 @@ class TritonBackend:
 
     def unsupported_reason(self, program: Program, schedule: Schedule) -> Optional[str]:
         """Why ``program`` with ``schedule`` cannot be lowered, or ``None``."""
+        if _ssd(program):
+            return _ssd(program).unsupported_reason(program, schedule)
         reason = unsupported_reason(program)
         if reason is not None:
             return reason
@@ -88,6 +101,8 @@ class TritonBackend:
         :func:`tile_sizes`, which sizes tiles from ``dstate`` and the number of sequences and
         channels at launch (8 channels × 16 states × 4 steps for Mamba-1's N = 16: the
         fastest of the block sizes and warp counts tried on an H100)."""
+        if _ssd(program):
+            return _ssd(program).default_schedule(program)
         if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
             return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L_SCALAR, block_d=1,
                             num_warps=DEFAULT_WARPS_SCALAR)
@@ -97,9 +112,13 @@ class TritonBackend:
         reason = self.unsupported_reason(program, schedule)
         if reason is not None:
             raise ValueError(f"triton backend cannot lower {program.name!r}: {reason}")
+        if _ssd(program):
+            return _ssd(program).lower(program, schedule)
         return render(TEMPLATE, **template_context(DiagonalPlan.of(program)))
 
-    def build(self, program: Program, schedule: Schedule, source: str) -> "TritonScan":
+    def build(self, program: Program, schedule: Schedule, source: str) -> Any:
+        if _ssd(program):
+            return _ssd(program).build(program, schedule, source)
         module = load_source(source, "triton", program.name)
         return TritonScan(program, schedule, source, module)
 

@@ -176,3 +176,50 @@ def check_arg(
     check_device(name, t, ref_name, ref)
     check_shape(name, t, dims)
     return t
+
+
+# -- SSD (Mamba-2) arguments: scancc.ops.ssd -----------------------------------------------------
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def host_checks_allowed(t: torch.Tensor) -> bool:
+    """Whether a value check may copy ``t`` to the host: not while ``torch.compile`` traces and
+    not while the current CUDA stream captures a graph (a copy would fail there)."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
+
+
+def check_packed(cu_seqlens: object, batch: int, seqlen: int, ref_name: str, ref: torch.Tensor) -> int:
+    """:func:`check_cu_seqlens`, whose value checks (a host copy) are skipped while a CUDA graph
+    is captured as they are while ``torch.compile`` traces."""
+    cu = check_tensor("cu_seqlens", cu_seqlens)
+    if host_checks_allowed(cu):
+        return check_cu_seqlens(cu, batch, seqlen, ref_name, ref)
+    check_dtype("cu_seqlens", cu, INDEX_DTYPES)
+    check_device("cu_seqlens", cu, ref_name, ref)
+    if cu.dim() != 1 or cu.shape[0] < 2:
+        raise ValueError(f"cu_seqlens: expected shape (num_seqs + 1,) with num_seqs >= 1, got {tuple(cu.shape)}")
+    if batch != 1:
+        raise ValueError(f"cu_seqlens: expected batch=1 (sequences packed along seqlen), got batch={batch}")
+    return cu.shape[0] - 1
+
+
+def check_power_of_two(name: str, value: object, lo: int, hi: int) -> int:
+    """A Python int that is a power of two in ``[lo, hi]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < lo or value > hi or value & (value - 1):
+        raise ValueError(f"{name}: expected a power of two in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_limits(name: str, value: object) -> tuple[float, float]:
+    """A pair ``(lo, hi)`` of numbers with ``0 <= lo <= hi`` (``hi`` may be ``inf``)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2 or \
+            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise TypeError(f"{name}: expected a pair of numbers (lo, hi), got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if not 0.0 <= lo <= hi:  # also false for NaN
+        raise ValueError(f"{name}: expected 0 <= lo <= hi, got ({lo}, {hi})")
+    return lo, hi
