@@ -128,7 +128,7 @@ def template_context(plan: DiagonalPlan) -> dict[str, Any]:
     p = plan.program
     nd = plan.has_dstate
     cplx = plan.complex
-    return dict(
+    return dict(layout_doc=_layout_doc(plan),
         p=p, plan=plan, name=p.name, cplx=cplx, nd=nd, x=plan.x, step=plan.step,
         decay=plan.decay, exp_param=p.decay.param,
         ik=p.input.kind, scale=p.input.scale, bsrc=p.input.b, Bop="B_bar" if p.input.kind == "discretized" else "B",
@@ -151,6 +151,25 @@ def template_context(plan: DiagonalPlan) -> dict[str, Any]:
         op_complex=lambda name: bool(plan.operand(name) and plan.operand(name).complex),
         zip=zip, inf=math.inf,
     )
+
+
+def _layout_doc(plan: DiagonalPlan) -> str:
+    """The generated module's sentence on tensor layouts, for this program's operands."""
+    dims = {"seq": "(batch, dim, seqlen)", "bc": "(batch, groups, dstate, seqlen)", "dn": "(dim, dstate)",
+            "d": "(dim,)"}
+    groups: dict[str, list[str]] = {}
+    for op in plan.operands:
+        groups.setdefault(op.layout, []).append(op.name)
+    groups["seq"] = groups.get("seq", []) + ["out"]
+    lines = [f"    {', '.join(names)}: {dims[layout]}" for layout, names in groups.items()]
+    lines.append("    initial/final states, checkpoints: (num_seqs, dim, dstate)")
+    if plan.decay == "fixed":
+        lines.append("    A_bar, B_bar: the discretized Ā, B̄, computed on the host from A (λ), B and delta")
+    if plan.grouped:
+        lines.append("    channel d reads group d // chans_per_group of B/C")
+    if any(op.complex for op in plan.operands) or plan.complex:
+        lines.append("    complex tensors arrive as their float32 views (a trailing re/im axis)")
+    return "Layout:\n" + "\n".join(lines)
 
 
 @dataclass
