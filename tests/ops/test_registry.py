@@ -64,8 +64,9 @@ def test_gradcheck_selective() -> None:
         out, final = scan(program, "", "", names, list(args[:-1]), args[-1], None, True)
         return out, final
 
+    # nondet_tol: gradients of group-shared B/C may be summed with atomics in any order.
     assert torch.autograd.gradcheck(fn, (*tensors, h0.requires_grad_()), eps=1e-2, atol=5e-3, rtol=5e-3,
-                                    fast_mode=True)
+                                    nondet_tol=1e-5, fast_mode=True)
 
 
 @pytest.mark.filterwarnings("ignore:Input #")
