@@ -1,20 +1,38 @@
 """Drop-in torch ops backed by compiled scancc kernels.
 
-- :func:`selective_scan_fn` — mamba-ssm's Mamba-1 selective scan (same signature).
-- :func:`linear_scan` — ``h_t = a_t ⊙ h_{t−1} + s(a_t)·x_t`` (accelerated-scan, HGRN, RG-LRU).
+- :func:`selective_scan_fn` — mamba-ssm's Mamba-1 selective scan (same signature and
+  semantics, plus ``initial_state`` and ``cu_seqlens``).
+- :func:`linear_scan` — ``h_t = a_t ⊙ h_{t−1} + s(a_t)·x_t`` (accelerated-scan's
+  ``scan(gates, tokens)``, HGRN, RG-LRU).
 - :func:`lti_scan` — S4D/S5/LRU time-invariant diagonal SSMs.
-- :func:`mamba_chunk_scan_combined` — mamba-ssm's Mamba-2 SSD (chunked, same signature).
-- :func:`run_program` — any IR program through the generic ``scancc::scan`` op.
+- :func:`run_program` — any IR program through the generic op.
 
-All of them go through one ``torch.library`` op pair (``scancc::scan`` and
-``scancc::scan_backward``, see :mod:`scancc.ops.registry`), with fake kernels for
-``torch.compile`` and autograd to every float input and the initial state.
+How they work: each public op validates its arguments (:mod:`scancc.ops.checks`), builds
+its IR program from which optional arguments are present, and calls one ``torch.library``
+op pair, ``scancc::scan`` / ``scancc::scan_backward``, keyed by the program's JSON
+(:mod:`scancc.ops.registry`). The pair has fake kernels, so ``torch.compile(fullgraph=True)``
+traces models using these ops without graph breaks, and autograd reaches every float input,
+the initial state and flows through the final state. The backward op recomputes the
+forward (one extra forward pass) so that the forward op's outputs stay backend-independent.
+Without an explicit schedule the kernel's schedule comes from the autotuner's cache
+(:func:`scancc.autotune.best_schedule`).
+
+Conventions shared by all ops:
+
+- float64/complex128 inputs raise ``TypeError`` (the kernels compute in float32; the
+  float64 reference is :mod:`scancc.oracle`). Integer and bool tensors raise ``TypeError``;
+  sequence tensors must share one dtype.
+- Non-contiguous inputs are accepted and copied to contiguous memory.
+- ``cu_seqlens`` values are checked on the host in eager mode (its only host sync); the
+  check is skipped while ``torch.compile`` traces, so compiled graphs never synchronise.
+  Other data-dependent conditions (a positive LTI step, finite inputs) are not checked:
+  NaN and inf propagate to the outputs.
+- Double backward is not supported.
 """
 
 from .linear import linear_scan
 from .lti import lti_scan
 from .registry import run_program
 from .selective import selective_scan_fn
-from .ssd import mamba_chunk_scan_combined
 
-__all__ = ["linear_scan", "lti_scan", "mamba_chunk_scan_combined", "run_program", "selective_scan_fn"]
+__all__ = ["linear_scan", "lti_scan", "run_program", "selective_scan_fn"]

@@ -156,11 +156,14 @@ def _check_compiled(backend: str) -> None:
 def test_compile_fullgraph_traces_every_op() -> None:
     """fullgraph tracing (no graph breaks) of all three ops, real and complex, via aot_eager."""
 
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=DEVICE)
+
     def fn(u, delta, A, Bi, Ci, a, x, lam, Bl):
         y1, s1 = selective_scan_fn(u, delta, A, Bi, Ci, delta_softplus=True, return_last_state=True)
         y2 = linear_scan(a, x)
         y3 = lti_scan(u, delta[0, :, 0].abs(), lam, Bl, Bl)
-        return y1.sum() + s1.abs().sum() + y2.abs().sum() + y3.sum()
+        y4, s4 = linear_scan(delta.sigmoid(), u, cu_seqlens=cu, return_final_state=True)  # no .tolist() traced
+        return y1.sum() + s1.abs().sum() + y2.abs().sum() + y3.sum() + y4.sum() + s4.sum()
 
     g = gen_(6)
     u, delta = torch.randn(1, 2, 5, generator=g), torch.randn(1, 2, 5, generator=g)
