@@ -5,6 +5,7 @@
 - :func:`linear_scan` — ``h_t = a_t ⊙ h_{t−1} + s(a_t)·x_t`` (accelerated-scan's
   ``scan(gates, tokens)``, HGRN, RG-LRU).
 - :func:`lti_scan` — S4D/S5/LRU time-invariant diagonal SSMs.
+- :func:`mamba_chunk_scan_combined` — mamba-ssm's Mamba-2 SSD (chunked, same signature).
 - :func:`run_program` — any IR program through the generic op.
 
 How they work: each public op validates its arguments (:mod:`scancc.ops.checks`), builds
@@ -34,5 +35,6 @@ from .linear import linear_scan
 from .lti import lti_scan
 from .registry import run_program
 from .selective import selective_scan_fn
+from .ssd import mamba_chunk_scan_combined
 
-__all__ = ["linear_scan", "lti_scan", "run_program", "selective_scan_fn"]
+__all__ = ["linear_scan", "lti_scan", "mamba_chunk_scan_combined", "run_program", "selective_scan_fn"]
