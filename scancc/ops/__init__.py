@@ -24,8 +24,9 @@ Conventions shared by all ops:
   float64 reference is :mod:`scancc.oracle`). Integer and bool tensors raise ``TypeError``;
   sequence tensors must share one dtype.
 - Non-contiguous inputs are accepted and copied to contiguous memory.
-- ``cu_seqlens`` values are checked on the host in eager mode (its only host sync); the
-  check is skipped while ``torch.compile`` traces, so compiled graphs never synchronise.
+- ``cu_seqlens`` values are checked on the host in eager mode (the only host sync); the
+  check is skipped while ``torch.compile`` traces or a CUDA graph is captured, so compiled
+  graphs never synchronise.
   Other data-dependent conditions (a positive LTI step, finite inputs) are not checked:
   NaN and inf propagate to the outputs.
 - Double backward is not supported.

@@ -10,7 +10,8 @@ Dtype problems raise :class:`TypeError`; shapes, devices and values raise
   (the kernels index dense row-major tensors), as mamba-ssm does for a non-unit last
   stride; contiguous inputs are never copied.
 - ``cu_seqlens`` values are checked on the host (one device-to-host copy) in eager mode;
-  under ``torch.compile`` tracing that check is skipped, so the op path never synchronises.
+  while ``torch.compile`` traces or a CUDA graph is captured that check is skipped
+  (:func:`check_packed`), so compiled and captured graphs never synchronise.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def linear_scan(
     batch, dim, seqlen = a3.shape
     rows = batch
     if cu_seqlens is not None:
-        rows = ck.check_cu_seqlens(cu_seqlens, batch, seqlen, "a", a3)
+        rows = ck.check_packed(cu_seqlens, batch, seqlen, "a", a3)
     state_dtype = torch.complex64 if (complex_a or complex_x) else torch.float32
     h0 = None
     if initial_state is not None:

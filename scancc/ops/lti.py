@@ -89,7 +89,7 @@ def lti_scan(
         D = ck.check_arg("D", D, vec, "u", u, (torch.float32,))
     rows = batch
     if cu_seqlens is not None:
-        rows = ck.check_cu_seqlens(cu_seqlens, batch, seqlen, "u", u)
+        rows = ck.check_packed(cu_seqlens, batch, seqlen, "u", u)
     if initial_state is not None:
         initial_state = ck.check_state("initial_state", initial_state,
                                        [("batch" if cu_seqlens is None else "num_seqs", rows), *mat],

@@ -141,7 +141,7 @@ def selective_scan_fn(
     want_state = ck.check_flag("return_last_state", return_last_state)
     rows = batch
     if cu_seqlens is not None:
-        rows = ck.check_cu_seqlens(cu_seqlens, batch, seqlen, "u", u)
+        rows = ck.check_packed(cu_seqlens, batch, seqlen, "u", u)
     if initial_state is not None:
         initial_state = ck.check_state("initial_state", initial_state,
                                        [("batch" if cu_seqlens is None else "num_seqs", rows), ("dim", dim),
