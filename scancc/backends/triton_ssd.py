@@ -107,6 +107,22 @@ def build(program: Program, schedule: Schedule, source: str) -> "SSDScan":
     return SSDScan(program, schedule, source, load_source(source, "triton", program.name))
 
 
+def tile_sizes(schedule: Schedule, headdim: int, dstate: int) -> tuple[int, int]:
+    """``(BLOCK_P, BLOCK_N)``: the whole of ``dstate`` (a power of two >= 16) and the schedule's
+    ``block_d``, by default at most 64 and ``8192 / BLOCK_N`` (about 8K fp32 values per state tile)."""
+    block_n = _pow2_at_least(dstate)
+    want_p = schedule.block_d or max(MIN_DOT, min(DEFAULT_BLOCK_P, STATE_TILE // block_n))
+    return max(MIN_DOT, min(_pow2_at_least(headdim), want_p)), block_n
+
+
+def fuses_passing(rows: int, heads: int, headdim: int, dstate: int, schedule: Schedule) -> bool:
+    """Whether chunk_scan (and chunk_dstate) pass the states themselves, one program per (row,
+    head, headdim tile) walking the chunks in order: when there are at least
+    :data:`FUSED_MIN_PROGRAMS` such programs (``rows``: batch, or 1 for packed sequences)."""
+    block_p, _ = tile_sizes(schedule, headdim, dstate)
+    return rows * heads * -(-headdim // block_p) >= FUSED_MIN_PROGRAMS
+
+
 # -- binding one call --------------------------------------------------------------------------
 @dataclass
 class _Bound:
@@ -267,12 +283,9 @@ class SSDScan:
             rows, per_row = 1, total
             table = chunk_table(cu_seqlens.to(x.device), chunk, total, seqlen)
 
-        block_n = _pow2_at_least(dstate)
         block_t = min(chunk, self.schedule.block_l or DEFAULT_BLOCK_T)
-        want_p = self.schedule.block_d or max(MIN_DOT, min(DEFAULT_BLOCK_P, STATE_TILE // block_n))
-        block_p = max(MIN_DOT, min(_pow2_at_least(headdim), want_p))
-        p_blocks = -(-headdim // block_p)
-        fused = rows * heads * p_blocks >= FUSED_MIN_PROGRAMS
+        block_p, block_n = tile_sizes(self.schedule, headdim, dstate)
+        fused = fuses_passing(rows, heads, headdim, dstate, self.schedule)
         return _Bound(t, batch, seqlen, heads, headdim, groups, dstate, chunk, n_chunks, total, rows, per_row,
                       num_seqs, seg, table, block_t, block_p, block_n, fused, x.device)
 
