@@ -29,13 +29,15 @@ TEMPLATE = "triton/diagonal.py.j2"
 # Defaults measured on an H100 (Triton 3.6), see default_schedule and tile_sizes. A state
 # tile holds BLOCK_D · BLOCK_N · BLOCK_L values (twice that for complex states) in registers.
 DEFAULT_BLOCK_L_SCALAR = 2048  # plain scans (one value of state per channel)
-DEFAULT_BLOCK_D_VECTOR = 8     # channels per program when the state has an n axis
+DEFAULT_BLOCK_D_VECTOR = 8     # channels per program when the state has an n axis (chunked_scan)
+DEFAULT_BLOCK_D_SEQUENTIAL = 32  # ... (sequential)
+DEFAULT_BLOCK_L_SEQUENTIAL = 16  # steps whose inputs the sequential forward loads at once
 DEFAULT_WARPS_SCALAR = 4
-DEFAULT_WARPS_VECTOR = 1
+DEFAULT_WARPS_VECTOR = 2
 FWD_TILE_ELEMENTS = 512        # forward tiles of programs with a state axis (8 × 16 × 4 for N = 16)
 BWD_TILE_ELEMENTS = 1024       # backward tiles keep about ten tiles live: smaller
 CHECKPOINT_STEPS = 64          # the forward saves the state at least every this many steps
-MIN_PROGRAMS = 1024            # default block_d halves while num_seqs·dim/block_d is below this
+MIN_WARPS = 1024               # default block_d halves while num_seqs·dim/block_d·num_warps is below this
 
 
 def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -85,8 +87,9 @@ class TritonBackend:
         reason = unsupported_reason(program)
         if reason is not None:
             return reason
-        if schedule.algorithm != "chunked_scan":
-            return f"the Triton diagonal kernels implement algorithm 'chunked_scan', not {schedule.algorithm!r}"
+        if schedule.algorithm not in ("chunked_scan", "sequential"):
+            return ("the Triton diagonal kernels implement algorithms 'chunked_scan' and 'sequential', "
+                    f"not {schedule.algorithm!r}")
         if schedule.block_n is not None:
             return "the diagonal kernels keep the whole state of a channel in one program: leave block_n unset"
         return None
@@ -95,18 +98,20 @@ class TritonBackend:
         return self.unsupported_reason(program, schedule) is None
 
     def default_schedule(self, program: Program) -> Schedule:
-        """``chunked_scan``. Plain scans (no ``dstate``): tiles of 2048 steps, one channel per
-        program, 4 warps (fp32 B8 D1536 L4096 on an H100: 98 % of copy bandwidth). Programs
-        with a state axis: one warp per program, ``block_d`` and ``block_l`` left to
-        :func:`tile_sizes`, which sizes tiles from ``dstate`` and the number of sequences and
-        channels at launch (8 channels × 16 states × 4 steps for Mamba-1's N = 16: the
-        fastest of the block sizes and warp counts tried on an H100)."""
+        """Plain scans (no ``dstate``): ``chunked_scan`` over tiles of 2048 steps, one channel
+        per program, 4 warps (fp32 B8 D1536 L4096 on an H100: 98 % of copy bandwidth).
+        Programs with a state axis: ``sequential`` (the forward advances the state one step
+        at a time over tiles of 32 channels × 16 steps; the backward is the chunked scan) with
+        two warps per program, ``block_d`` and ``block_l`` left to :func:`tile_sizes`. On an
+        H100, Mamba-1 (bf16 B4 D5120 N16 L4096) ran its forward in 1.55 ms this way and in
+        2.7 ms with the best ``chunked_scan`` tiles (8 × 16 × 4, one warp), whose log-depth
+        scans cost far more instructions per step than the state update itself."""
         if _ssd(program):
             return _ssd(program).default_schedule(program)
         if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
             return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L_SCALAR, block_d=1,
                             num_warps=DEFAULT_WARPS_SCALAR)
-        return Schedule(algorithm="chunked_scan", num_warps=DEFAULT_WARPS_VECTOR)
+        return Schedule(algorithm="sequential", num_warps=DEFAULT_WARPS_VECTOR)
 
     def lower(self, program: Program, schedule: Schedule) -> str:
         reason = self.unsupported_reason(program, schedule)
@@ -114,7 +119,7 @@ class TritonBackend:
             raise ValueError(f"triton backend cannot lower {program.name!r}: {reason}")
         if _ssd(program):
             return _ssd(program).lower(program, schedule)
-        return render(TEMPLATE, **template_context(DiagonalPlan.of(program)))
+        return render(TEMPLATE, **template_context(DiagonalPlan.of(program), schedule))
 
     def build(self, program: Program, schedule: Schedule, source: str) -> Any:
         if _ssd(program):
@@ -123,7 +128,7 @@ class TritonBackend:
         return TritonScan(program, schedule, source, module)
 
 
-def template_context(plan: DiagonalPlan) -> dict[str, Any]:
+def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
     """The variables ``diagonal.py.j2`` branches on, and its broadcasting suffixes."""
     p = plan.program
     nd = plan.has_dstate
@@ -137,7 +142,14 @@ def template_context(plan: DiagonalPlan) -> dict[str, Any]:
         skip=p.readout.skip, gate=p.readout.gate != "none", grouped=plan.grouped,
         out_complex=cplx and p.readout.kind == "state",
         grads=[f"d{op.name}" for op in plan.operands],
-        # shapes and broadcasting into the state tile [BLOCK_D, BLOCK_N, BLOCK_L] (or [BLOCK_D, BLOCK_L])
+        sequential=schedule.algorithm == "sequential",
+        # shapes and broadcasting into the state tile [BLOCK_D, BLOCK_N, BLOCK_L] (or [BLOCK_D, BLOCK_L]),
+        # and into the state of one step [BLOCK_D, BLOCK_N] (or [BLOCK_D]) for the sequential forward
+        tile_bc=dict(DL="[:, None, :]" if nd else "", DN="[:, :, None]", NL="[None, :, :]",
+                     D1="[:, None, None]" if nd else "[:, None]",
+                     TILE="(BLOCK_D, BLOCK_N, BLOCK_L)" if nd else "(BLOCK_D, BLOCK_L)"),
+        step_bc=dict(DL="[:, None]" if nd else "", DN="", NL="[None, :]", D1="[:, None]" if nd else "",
+                     TILE="(BLOCK_D, BLOCK_N)" if nd else "(BLOCK_D,)"),
         TILE="(BLOCK_D, BLOCK_N, BLOCK_L)" if nd else "(BLOCK_D, BLOCK_L)",
         STATE_SHAPE="[BLOCK_D, BLOCK_N]" if nd else "[BLOCK_D]",
         DL="[:, None, :]" if nd else "",          # a (d, t) value
@@ -471,31 +483,35 @@ class Tiles:
 
 
 def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, chans_per_group: int,
-               num_seqs: int = MIN_PROGRAMS) -> Tiles:
+               num_seqs: int = MIN_WARPS) -> Tiles:
     """Block sizes for a launch.
 
     BLOCK_N covers the whole state (next power of two ≥ dstate). BLOCK_D is the largest
     power of two ≤ the schedule's dividing the channels of a group, so that one program's
-    channels share their B/C tile; by default 1 for plain scans, else 8, halved while there
-    would be fewer than ``MIN_PROGRAMS`` programs (long single sequences). BLOCK_L is
-    the schedule's, else 2048 for plain scans and about ``FWD_TILE_ELEMENTS`` values per
-    tile otherwise. Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
+    channels share their B/C tile; by default 1 for plain scans, else 32 (sequential) or 8
+    (chunked_scan), halved while the launch would have fewer than ``MIN_WARPS`` warps (long
+    single sequences). BLOCK_L is the schedule's, else 2048 for plain scans, 16 for the
+    sequential forward and about ``FWD_TILE_ELEMENTS`` values per chunked_scan tile. Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
     ``num_seqs·dim·dstate·seqlen / (BLOCK_L·ckpt_every)`` floats); the backward's tiles
     span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values.
     """
     cplx = 2 if plan.complex else 1
+    sequential = schedule.algorithm == "sequential"
     block_n = _next_pow2(dstate) if plan.has_dstate else 1
-    want_d = schedule.block_d or (DEFAULT_BLOCK_D_VECTOR if plan.has_dstate else 1)
+    default_d = (DEFAULT_BLOCK_D_SEQUENTIAL if sequential else DEFAULT_BLOCK_D_VECTOR) if plan.has_dstate else 1
+    want_d = schedule.block_d or default_d
     block_d = 1
     while block_d * 2 <= want_d and chans_per_group % (block_d * 2) == 0:
         block_d *= 2
     if schedule.block_d is None:
-        while block_d > 1 and num_seqs * dim // block_d < MIN_PROGRAMS:
+        while block_d > 1 and num_seqs * dim // block_d * schedule.num_warps < MIN_WARPS:
             block_d //= 2
     if schedule.block_l is not None:
         block_l = schedule.block_l
     elif not plan.has_dstate:
         block_l = DEFAULT_BLOCK_L_SCALAR
+    elif sequential:
+        block_l = DEFAULT_BLOCK_L_SEQUENTIAL
     else:
         block_l = max(4, _next_pow2(FWD_TILE_ELEMENTS // (block_d * block_n * cplx) or 1))
     ckpt_every = max(1, CHECKPOINT_STEPS // block_l)

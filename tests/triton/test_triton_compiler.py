@@ -63,8 +63,8 @@ def test_programs_the_backend_cannot_lower_are_refused(program: ir.Program) -> N
 
 
 def test_schedules_the_kernels_cannot_run_are_refused() -> None:
-    with pytest.raises(ValueError, match="chunked_scan"):
-        compiler.compile(ir.linear(), schedule=Schedule(algorithm="sequential"))
+    with pytest.raises(ValueError, match="'chunked_scan' and 'sequential'"):
+        compiler.compile(ir.linear(), schedule=Schedule(algorithm="fft_conv"))
     with pytest.raises(ValueError, match="block_n"):
         compiler.compile(ir.selective(), schedule=Schedule(block_n=8))
 
@@ -117,20 +117,23 @@ def test_default_schedules() -> None:
     plain = backend.default_schedule(ir.linear())
     assert plain.algorithm == "chunked_scan" and plain.block_l == 2048 and plain.block_d == 1
     sel = backend.default_schedule(ir.selective())
-    assert sel.algorithm == "chunked_scan" and sel.block_l is None and sel.block_d is None
+    assert sel.algorithm == "sequential" and sel.block_l is None and sel.block_d is None and sel.num_warps == 2
     # tiles sized from dstate at launch; channels per program divide the channels of a group;
     # checkpoints (and backward tiles) every 64 steps
-    mamba = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
-    assert mamba == Tiles(block_d=8, block_n=16, block_l=4, ckpt_every=16, bwd_block_d=1)
+    plan = DiagonalPlan.of(ir.selective())
+    mamba = tile_sizes(plan, sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
+    assert mamba == Tiles(block_d=32, block_n=16, block_l=16, ckpt_every=4, bwd_block_d=1)
     assert mamba.bwd_block_l == 64
-    # one long sequence: fewer channels per program, so that enough programs run
-    single = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1)
+    # one long sequence: fewer channels per program, so that enough warps run
+    assert tile_sizes(plan, sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1).block_d == 8
+    assert tile_sizes(plan, sel.replace(block_d=32), dim=5120, dstate=16, chans_per_group=5120,
+                      num_seqs=1).block_d == 32
+    scan = Schedule(algorithm="chunked_scan", num_warps=1)
+    assert tile_sizes(plan, scan, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4) == Tiles(8, 16, 4, 16, 1)
+    single = tile_sizes(plan, scan, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1)
     assert (single.block_d, single.block_l) == (4, 8)
-    fixed = sel.replace(block_d=8)
-    assert tile_sizes(DiagonalPlan.of(ir.selective()), fixed, dim=5120, dstate=16, chans_per_group=5120,
-                      num_seqs=1).block_d == 8
     odd = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=6, dstate=3, chans_per_group=3)
-    assert (odd.block_d, odd.block_n) == (1, 4) and odd.bwd_block_l == 128
+    assert (odd.block_d, odd.block_n, odd.block_l) == (1, 4, 16) and odd.bwd_block_l == 64
     assert tile_sizes(DiagonalPlan.of(ir.linear()), plain, dim=5, dstate=1, chans_per_group=5) == Tiles(1, 1, 2048, 1, 1)
 
 

@@ -19,6 +19,7 @@ DTYPES = st.sampled_from([torch.float32, torch.float32, torch.bfloat16, torch.fl
 SEQLEN = st.one_of(st.integers(1, 70), st.sampled_from([1, 16, 17, 32, 33]))
 BLOCK_L = st.sampled_from([4, 8, 16, 32])
 CHECKPOINTS = st.sampled_from([1, 16, 32, 64])  # steps between checkpoints: backward tiles of 4–64 steps
+ALGORITHMS = st.sampled_from(["chunked_scan", "sequential"])  # the forward's; the backward is one kernel
 
 
 @st.composite
@@ -33,7 +34,7 @@ def selective_cases(draw: st.DrawFn, *, max_seqlen: int = 70) -> Case:
                 seqlen=min(draw(SEQLEN), max_seqlen), groups=groups, dtype=draw(DTYPES), block_l=draw(BLOCK_L),
                 block_d=draw(st.sampled_from([None, 1, 2, 4])), initial_state=draw(st.booleans()),
                 final_state=draw(st.booleans()), drop=drop, checkpoint_steps=draw(CHECKPOINTS),
-                seed=draw(st.integers(0, 2**16)))
+                algorithm=draw(ALGORITHMS), seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
@@ -42,7 +43,7 @@ def linear_cases(draw: st.DrawFn) -> Case:
     return Case(program, batch=draw(st.integers(1, 2)), dim=draw(st.integers(1, 8)), seqlen=draw(SEQLEN),
                 dtype=draw(DTYPES), block_l=draw(BLOCK_L), block_d=draw(st.sampled_from([None, 1, 2, 4])),
                 initial_state=draw(st.booleans()), final_state=draw(st.booleans()),
-                checkpoint_steps=draw(CHECKPOINTS), seed=draw(st.integers(0, 2**16)))
+                checkpoint_steps=draw(CHECKPOINTS), algorithm=draw(ALGORITHMS), seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
@@ -52,7 +53,8 @@ def lti_cases(draw: st.DrawFn) -> Case:
     return Case(program, batch=draw(st.integers(1, 2)), dim=draw(st.integers(1, 6)),
                 dstate=draw(st.sampled_from([1, 2, 4, 8])), seqlen=draw(SEQLEN), dtype=draw(DTYPES),
                 block_l=draw(BLOCK_L), initial_state=draw(st.booleans()), final_state=draw(st.booleans()),
-                drop=drop, checkpoint_steps=draw(CHECKPOINTS), seed=draw(st.integers(0, 2**16)))
+                drop=drop, checkpoint_steps=draw(CHECKPOINTS), algorithm=draw(ALGORITHMS),
+                seed=draw(st.integers(0, 2**16)))
 
 
 # -- forward -------------------------------------------------------------------------------------
@@ -93,14 +95,15 @@ def test_lti_backward(case: Case) -> None:
     check_backward(case, grad_final=case.final_state)
 
 
+@pytest.mark.parametrize("algorithm", ["chunked_scan", "sequential"])
 @pytest.mark.parametrize("flags", [
     dict(complex=c, varying_B=vb, varying_C=vc)
     for c in (False, True) for vb in (False, True) for vc in (False, True)
 ])
-def test_selective_b_c_sources(flags: dict[str, bool]) -> None:
+def test_selective_b_c_sources(flags: dict[str, bool], algorithm: str) -> None:
     """Every B/C source (varying with groups, fixed) real and complex, forward and backward."""
     case = Case(ir.selective(**flags), batch=2, dim=4, dstate=3, seqlen=23, groups=2, block_l=4, block_d=2,
-                checkpoint_steps=8)
+                checkpoint_steps=8, algorithm=algorithm)
     check_forward(case)
     check_backward(case)
 
@@ -123,11 +126,12 @@ VARLEN_PROGRAMS = {"linear": ir.linear(), "rglru_c": ir.linear(complex=True, sca
                    "selective": ir.selective(), "selective_c": ir.selective(complex=True), "lru": ir.lru()}
 
 
+@pytest.mark.parametrize("algorithm", ["chunked_scan", "sequential"])
 @pytest.mark.parametrize("name", sorted(VARLEN_PROGRAMS))
-def test_varlen_matches_oracle(name: str) -> None:
+def test_varlen_matches_oracle(name: str, algorithm: str) -> None:
     """cu_seqlens: sequences of length 1, exactly one tile, several tiles, packed in one row."""
     case = Case(VARLEN_PROGRAMS[name], batch=1, dim=3, dstate=4, seqlen=50, block_l=4,
-                cu_seqlens=[0, 1, 9, 17, 50], checkpoint_steps=8)
+                cu_seqlens=[0, 1, 9, 17, 50], checkpoint_steps=8, algorithm=algorithm)
     check_forward(case)
     check_backward(case)
 

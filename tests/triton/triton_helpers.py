@@ -71,6 +71,7 @@ class Case:
     dtype: torch.dtype = torch.float32
     block_l: Optional[int] = 16  # None (with block_d None): the backend's default schedule
     block_d: Optional[int] = None
+    algorithm: Optional[str] = None  # None: the backend's default for the program
     initial_state: bool = True
     final_state: bool = True
     cu_seqlens: Optional[list[int]] = None
@@ -99,10 +100,12 @@ class Case:
 
     @property
     def schedule(self) -> Schedule:
+        schedule = TritonBackend().default_schedule(self.program)
+        if self.algorithm is not None:
+            schedule = schedule.replace(algorithm=self.algorithm)
         if self.block_l is None and self.block_d is None:
-            return TritonBackend().default_schedule(self.program)
-        default = TritonBackend().default_schedule(self.program)
-        return default.replace(block_l=self.block_l, block_d=self.block_d)
+            return schedule
+        return schedule.replace(block_l=self.block_l, block_d=self.block_d)
 
     def kernel_inputs(self) -> dict[str, torch.Tensor]:
         """The inputs as the kernel takes them: activations in ``dtype``, complex as complex64."""
