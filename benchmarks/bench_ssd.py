@@ -73,7 +73,8 @@ def load_impl(name: str, device: str) -> Callable[..., Any]:
         try:
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
         except ImportError as exc:
-            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH; needs einops)") from None
+            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH; needs einops)") \
+                from None
         return mamba_chunk_scan_combined
     raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
 

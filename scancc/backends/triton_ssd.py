@@ -60,7 +60,8 @@ def unsupported_reason(program: Program, schedule: Schedule) -> Optional[str]:
     if program.mode != "sequence":
         return "single-step (decode) programs are not lowered by the SSD chunked kernels"
     if program.decay.kind != "exp" or program.decay.param != "head":
-        return f"the SSD kernels need a scalar decay per head exp(Δ·A[h]), not {program.decay.kind!r}/{program.decay.param!r}"
+        return (f"the SSD kernels need a scalar decay per head exp(Δ·A[h]), not "
+                f"{program.decay.kind!r}/{program.decay.param!r}")
     if program.input.kind != "euler" or program.input.b != "varying" or program.input.rank != 1:
         return f"the SSD kernels need the Euler input Δ·x Bᵀ with a varying B (got {program.input.kind!r})"
     if program.rotary is not None:

@@ -53,7 +53,8 @@ def test_matches_the_oracle_with_gradients() -> None:
     g_out = torch.randn(want.shape, generator=gen, dtype=torch.float64)
     g_final = torch.randn(want_final.shape, generator=gen, dtype=torch.float64)
     leaves = leaves_of(args, kwargs)
-    got = torch.autograd.grad([out, final], list(leaves.values()), [g_out.float().to(DEVICE), g_final.float().to(DEVICE)])
+    got = torch.autograd.grad([out, final], list(leaves.values()),
+                              [g_out.float().to(DEVICE), g_final.float().to(DEVICE)])
     expected = reference_grads(case, g_out, g_final)
     scale = float(torch.linalg.vector_norm(expected["x"]))
     errors = {k: grad_error(g, expected[k], scale) for k, g in zip(leaves, got)}
@@ -114,7 +115,8 @@ def test_packed_sequences_equal_separate_runs(state_rows: str) -> None:
     kwargs["seq_idx"] = seq_idx[None].to(torch.int32).to(DEVICE)
     out, varlen = mamba_chunk_scan_combined(*args, 16, **kwargs, return_varlen_states=True)
     gen = torch.Generator().manual_seed(2)
-    g_out, g_states = torch.randn(out.shape, generator=gen).to(DEVICE), torch.randn(varlen.shape, generator=gen).to(DEVICE)
+    g_out = torch.randn(out.shape, generator=gen).to(DEVICE)
+    g_states = torch.randn(varlen.shape, generator=gen).to(DEVICE)
     leaves = leaves_of(args, kwargs)
     got = torch.autograd.grad([out, varlen], list(leaves.values()), [g_out, g_states])
 
@@ -123,8 +125,9 @@ def test_packed_sequences_equal_separate_runs(state_rows: str) -> None:
     for i, (lo, hi) in enumerate(zip(cu[:-1], cu[1:])):
         sliced = [a[:, lo:hi] if a.dim() > 1 else a for a in args]
         state = h0[i:i + 1] if i < h0.shape[0] else None
-        o, s = mamba_chunk_scan_combined(*sliced, 16, D=kwargs["D"], z=kwargs["z"][:, lo:hi], dt_bias=kwargs["dt_bias"],
-                                         initial_states=state, dt_softplus=True, return_final_states=True)
+        o, s = mamba_chunk_scan_combined(*sliced, 16, D=kwargs["D"], z=kwargs["z"][:, lo:hi],
+                                         dt_bias=kwargs["dt_bias"], initial_states=state, dt_softplus=True,
+                                         return_final_states=True)
         outs.append(o)
         states.append(s)
     want_out, want_states = torch.cat(outs, 1), torch.cat(states, 0)
@@ -182,15 +185,12 @@ def _with(**changes: Callable[[list[torch.Tensor], dict[str, Any]], Any]):
     return build
 
 
-def _flat(args: list[torch.Tensor]) -> torch.Tensor:
-    return args[0][:1].reshape(1, 40, 2, 4)
-
-
 BAD = {
     "groups do not divide heads": (_with(B=lambda a, k: a[3][:, :, :1].expand(2, 20, 3, 4).contiguous(),
                                          C=lambda a, k: a[4][:, :, :1].expand(2, 20, 3, 4).contiguous()),
                                    ValueError, r"B: expected .*heads % groups == 0"),
-    "C shape": (_with(C=lambda a, k: a[4][:, :, :1]), ValueError, r"C: expected \(batch=2, seqlen=20, groups=2, dstate=4\)"),
+    "C shape": (_with(C=lambda a, k: a[4][:, :, :1]), ValueError,
+                r"C: expected \(batch=2, seqlen=20, groups=2, dstate=4\)"),
     "initial_states shape": (_with(initial_states=lambda a, k: torch.zeros(2, 4, 4, 5, device=DEVICE)), ValueError,
                              r"initial_states: expected \(batch=2, heads=4, headdim=4, dstate=4\)"),
     "seq_idx dtype": (_with(seq_idx=lambda a, k: torch.zeros(2, 20, device=DEVICE)), TypeError,
