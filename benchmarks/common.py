@@ -209,7 +209,10 @@ class Results:
 
 # -- isolated cases -------------------------------------------------------------------------
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(
+    description: str, add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
+) -> argparse.ArgumentParser:
+    """The options every benchmark script takes; ``add_arguments`` adds a script's own."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench-results"),
                    help="folder for <name>.jsonl and <name>.md (default: $OUT or ./bench-results)")
@@ -217,6 +220,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="run only implementations whose name contains this text")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per isolated case")
     p.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one JSON case
+    if add_arguments is not None:
+        add_arguments(p)
     return p
 
 
@@ -327,13 +332,15 @@ def main_for(
     run_case: Callable[[dict[str, Any], str], dict[str, Any]],
     plan: Callable[[argparse.Namespace], dict[str, Any]],
     argv: Optional[list[str]] = None,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
 ) -> int:
     """Entry point shared by the benchmark scripts: worker when ``--case`` is given, else orchestrator.
 
-    ``plan(args)`` returns the keyword arguments of :func:`orchestrate` (name, title, cases, ...).
+    ``plan(args)`` returns the keyword arguments of :func:`orchestrate` (name, title, cases, ...);
+    ``add_arguments(parser)`` adds the script's own options (workers get their defaults).
     The exit code is 1 when a scancc case did not run or exceeded its error tolerance.
     """
-    args = parser(description).parse_args(argv)
+    args = parser(description, add_arguments).parse_args(argv)
     if args.case:
         try:
             return worker(run_case, args.case, args.smoke)

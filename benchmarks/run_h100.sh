@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the scancc benchmarks on a CUDA GPU (written for an H100) with the peers from .anchors/.
 #
-#   usage: benchmarks/run_h100.sh [linear|selective|all]     (default: all)
+#   usage: benchmarks/run_h100.sh [linear|selective|ssd|all]     (default: all)
+#
+# One benchmark takes a few minutes (ssd the longest: mamba-ssm autotunes in every
+# isolated case); run them one per call where a command's time is limited.
 #
 # Results go to $OUT (default ./bench-results): <bench>.jsonl, <bench>.md and <bench>.log.
 # Peers: prepare .anchors/ once on a machine with network access
@@ -27,7 +30,8 @@ run() {  # run <name>: one benchmark script, its output also kept in $out/<name>
 case "$which" in
   linear) run linear_scan ;;
   selective) run selective_scan ;;
-  all) run linear_scan; run selective_scan ;;
-  *) echo "usage: $0 [linear|selective|all]" >&2; exit 2 ;;
+  ssd) run ssd ;;
+  all) run linear_scan; run selective_scan; run ssd ;;
+  *) echo "usage: $0 [linear|selective|ssd|all]" >&2; exit 2 ;;
 esac
 exit $status

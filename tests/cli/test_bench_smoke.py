@@ -29,7 +29,8 @@ def run_smoke(script: str, out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("script, modes", [("bench_linear_scan.py", {"fwd"}),
-                                           ("bench_selective_scan.py", {"fwd", "fwd+bwd"})])
+                                           ("bench_selective_scan.py", {"fwd", "fwd+bwd"}),
+                                           ("bench_ssd.py", {"fwd", "fwd+bwd"})])
 def test_smoke_run_writes_checked_rows(script: str, modes: set[str], tmp_path: Path) -> None:
     rows = run_smoke(script, tmp_path)
     ours = [r for r in rows if r["impl"] == "scancc"]
