@@ -37,6 +37,7 @@ DEFAULT_BLOCK_T = 64
 DEFAULT_BLOCK_P = 64
 MIN_DOT = 16           # tl.dot needs every side >= 16
 STATE_TILE = 8192      # fp32 values of one [BLOCK_P, BLOCK_N] state tile kept in registers
+DBC_MIN_PROGRAMS = 1024
 FUSED_MIN_PROGRAMS = 256
 """The state passing runs inside chunk_scan (one program per row, head and headdim tile, the
 chunks in order) when there are at least this many such programs: about two per SM of an
@@ -114,6 +115,13 @@ def tile_sizes(schedule: Schedule, headdim: int, dstate: int) -> tuple[int, int]
     block_n = _pow2_at_least(dstate)
     want_p = schedule.block_d or max(MIN_DOT, min(DEFAULT_BLOCK_P, STATE_TILE // block_n))
     return max(MIN_DOT, min(_pow2_at_least(headdim), want_p)), block_n
+
+
+def head_splits(programs: int, heads_per_group: int) -> int:
+    """Into how many programs chunk_dbc shares out the heads of a group: enough for about
+    :data:`DBC_MIN_PROGRAMS` programs in all (Mamba-2 has one group of 80 heads or so), at most one
+    head each."""
+    return max(1, min(heads_per_group, DBC_MIN_PROGRAMS // max(1, programs)))
 
 
 def fuses_passing(rows: int, heads: int, headdim: int, dstate: int, schedule: Schedule) -> bool:
@@ -439,7 +447,7 @@ class SSDScan:
 
         # 2. dCB, summed over the heads of a group
         dCB = _empty((b.total, G, Q, Q), device=dev, dtype=f32)
-        self._launch(b, "chunk_dcb", (b.total, G, b.t_blocks), x, z, dout, b.seg, b.table, cs, dl, dCB,
+        self._launch(b, "chunk_dcb", (b.total, G, b.t_blocks ** 2), x, z, dout, b.seg, b.table, cs, dl, dCB,
                      *head_args, H, G, P, H // G, HAS_Z=z is not None, **common,
                      **self._meta(b, "CHUNK", "BLOCK_T", "BLOCK_P"))
 
@@ -465,11 +473,18 @@ class SSDScan:
                      k_part, ddt, dA_part, dbias_part, *head_args, H, b.p_blocks, HAS_DT_BIAS=has_bias,
                      VARLEN=common["VARLEN"], **self._meta(b, "CHUNK", "BLOCK_T"))
 
-        # 5. dB and dC
-        dB = _empty(tuple(t["B"].shape), device=dev, dtype=t["B"].dtype)
-        dC = _empty(tuple(t["C"].shape), device=dev, dtype=t["C"].dtype)
-        self._launch(b, "chunk_dbc", (b.total, G, b.t_blocks), x, z, dout, t["B"], t["C"], b.seg, b.table, cs, dl,
-                     dCB, states, Gs, dB, dC, *head_args, H, G, P, N, H // G, HAS_Z=z is not None, **common, **sizes)
+        # 5. dB and dC, the heads of a group shared out among `splits` programs
+        Bt = t["B"]
+        assert Bt is not None
+        splits = head_splits(b.total * G * b.t_blocks, H // G)
+        part_dtype = Bt.dtype if splits == 1 else f32
+        dB_parts = _empty((splits,) + tuple(Bt.shape), device=dev, dtype=part_dtype)
+        dC_parts = _empty((splits,) + tuple(Bt.shape), device=dev, dtype=part_dtype)
+        self._launch(b, "chunk_dbc", (b.total, G * splits, b.t_blocks), x, z, dout, Bt, t["C"], b.seg, b.table, cs,
+                     dl, dCB, states, Gs, dB_parts, dC_parts, *head_args, H, G, P, N, H // G, splits, Bt.numel(),
+                     HAS_Z=z is not None, **common, **sizes)
+        dB = dB_parts[0] if splits == 1 else dB_parts.sum(0).to(Bt.dtype)
+        dC = dC_parts[0] if splits == 1 else dC_parts.sum(0).to(Bt.dtype)
 
         A = t["A"]
         assert A is not None

@@ -217,3 +217,13 @@ def test_chunk_table_of_packed_sequences() -> None:
     seg = triton_ssd.segment_ids(torch.tensor([[3, 3, 7, 7, 3], [0, 0, 0, 0, 0]]))
     assert seg.tolist() == [[0, 0, 1, 1, 2], [0, 0, 0, 0, 0]] and seg.dtype == torch.int32
     assert np.array_equal(triton_ssd.segment_ids(torch.zeros(1, 1, dtype=torch.int64)).numpy(), [[0]])
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_dbc_head_splits(splits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dB, dC with the 4 heads of the group shared out among 1 or 3 programs (2, 2, 0 heads)."""
+    case = Case(batch=1, seqlen=20, heads=4, headdim=4, dstate=4, chunk=16, seed=splits)
+    total = 2 * 1 * 1  # chunks · groups · row tiles
+    monkeypatch.setattr(triton_ssd, "DBC_MIN_PROGRAMS", splits * total)
+    assert triton_ssd.head_splits(total, 4) == splits
+    assert_grads(case)
