@@ -133,8 +133,16 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
     p = plan.program
     nd = plan.has_dstate
     cplx = plan.complex
-    return dict(layout_doc=_layout_doc(plan),
-        p=p, plan=plan, name=p.name, cplx=cplx, nd=nd, x=plan.x, step=plan.step,
+    # Suffixes that broadcast a value indexed by (d, t), (d, n), (n, t) or (d,) into the state
+    # tile [BLOCK_D, BLOCK_N, BLOCK_L] (plain scans: [BLOCK_D, BLOCK_L]) ...
+    tile_bc = dict(DL="[:, None, :]" if nd else "", DN="[:, :, None]", NL="[None, :, :]",
+                   D1="[:, None, None]" if nd else "[:, None]",
+                   TILE="(BLOCK_D, BLOCK_N, BLOCK_L)" if nd else "(BLOCK_D, BLOCK_L)")
+    # ... and into the state of one step [BLOCK_D, BLOCK_N] ([BLOCK_D]), for the sequential forward.
+    step_bc = dict(DL="[:, None]" if nd else "", DN="", NL="[None, :]", D1="[:, None]" if nd else "",
+                   TILE="(BLOCK_D, BLOCK_N)" if nd else "(BLOCK_D,)")
+    return dict(
+        p=p, plan=plan, name=p.name, layout_doc=_layout_doc(plan), cplx=cplx, nd=nd, x=plan.x, step=plan.step,
         decay=plan.decay, exp_param=p.decay.param,
         ik=p.input.kind, scale=p.input.scale, bsrc=p.input.b, Bop="B_bar" if p.input.kind == "discretized" else "B",
         rk=p.readout.kind, csrc=p.readout.c, rscale=p.readout.scale,
@@ -143,22 +151,11 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
         out_complex=cplx and p.readout.kind == "state",
         grads=[f"d{op.name}" for op in plan.operands],
         sequential=schedule.algorithm == "sequential",
-        # shapes and broadcasting into the state tile [BLOCK_D, BLOCK_N, BLOCK_L] (or [BLOCK_D, BLOCK_L]),
-        # and into the state of one step [BLOCK_D, BLOCK_N] (or [BLOCK_D]) for the sequential forward
-        tile_bc=dict(DL="[:, None, :]" if nd else "", DN="[:, :, None]", NL="[None, :, :]",
-                     D1="[:, None, None]" if nd else "[:, None]",
-                     TILE="(BLOCK_D, BLOCK_N, BLOCK_L)" if nd else "(BLOCK_D, BLOCK_L)"),
-        step_bc=dict(DL="[:, None]" if nd else "", DN="", NL="[None, :]", D1="[:, None]" if nd else "",
-                     TILE="(BLOCK_D, BLOCK_N)" if nd else "(BLOCK_D,)"),
-        TILE="(BLOCK_D, BLOCK_N, BLOCK_L)" if nd else "(BLOCK_D, BLOCK_L)",
+        tile_bc=tile_bc, step_bc=step_bc, **tile_bc,
         STATE_SHAPE="[BLOCK_D, BLOCK_N]" if nd else "[BLOCK_D]",
-        DL="[:, None, :]" if nd else "",          # a (d, t) value
-        DN="[:, :, None]",                        # a (d, n) value
-        NL="[None, :, :]",                        # a (n, t) value
-        D1="[:, None, None]" if nd else "[:, None]",  # a (d,) value
-        T="[None, None, :]" if nd else "[None, :]",   # a (t,) mask
-        ST="[:, :, None]" if nd else "[:, None]",     # the carried state
-        LAX=2 if nd else 1,
+        T="[None, None, :]" if nd else "[None, :]",   # a (t,) mask into the tile
+        ST="[:, :, None]" if nd else "[:, None]",     # the carried state into the tile
+        LAX=2 if nd else 1,                           # the tile's time axis
         cparts=lambda v: [f"{v}_re", f"{v}_im"] if cplx else [v],
         op_complex=lambda name: bool(plan.operand(name) and plan.operand(name).complex),
         zip=zip, inf=math.inf,
