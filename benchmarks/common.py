@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
@@ -90,12 +90,12 @@ def copy_bandwidth(device: str, smoke: bool) -> dict[str, float]:
     """
     import torch
 
-    numel = (4 << 20) if smoke else (1 << 30)
-    src = torch.empty(numel, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src), device)
-    moved = 2 * src.numel() * src.element_size()
-    del src, dst
+    def timed_copy() -> tuple[float, int]:  # the 4 GiB are freed when it returns
+        src = torch.empty((4 << 20) if smoke else (1 << 30), dtype=torch.bfloat16, device=device).normal_()
+        dst = torch.empty_like(src)
+        return bench_ms(lambda: dst.copy_(src), device), 2 * src.numel() * src.element_size()
+
+    ms, moved = timed_copy()
     if device == "cuda":
         torch.cuda.empty_cache()
     return {"copy_ms": ms, "copy_bytes": float(moved), "copy_tbps": moved / (ms * 1e-3) / 1e12}
@@ -292,14 +292,11 @@ def orchestrate(
     ``vs_scancc = its time / scancc's time`` (above 1: scancc is faster).
     ``reference_rows`` (quoted numbers from anchors.md) are added at the end.
     """
-    import torch
-
     device = init_device(args.smoke)
     copy = copy_bandwidth(device, args.smoke)
     meta = run_metadata(device, copy)
     results = Results(args.out, name, meta, title)
     print(f"{title}: {meta['device']}, copy {copy['copy_tbps']:.3g} TB/s; results in {results.markdown}", flush=True)
-    del torch
     scancc_ms: dict[str, float] = {}
     for case in cases:
         if args.only and args.only not in case["impl"]:
