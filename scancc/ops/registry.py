@@ -31,7 +31,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from ..ir import Program, Schedule
+from ..ir import Program, Schedule, TensorSpec
 
 DEFAULT_BACKEND = ""
 """The empty name means the compiler's default (``$SCANCC_BACKEND``, else Triton)."""
@@ -42,19 +42,33 @@ def _program(program_json: str) -> Program:
     return Program.from_json(program_json)
 
 
+@functools.lru_cache(maxsize=None)
+def _signature(program_json: str) -> tuple[TensorSpec, ...]:
+    return _program(program_json).tensors()
+
+
 @torch.compiler.assume_constant_result
 def input_order(program_json: str) -> str:
     """The names of ``program.tensors()``, comma-separated (a constant under tracing)."""
-    return ",".join(spec.name for spec in _program(program_json).tensors())
+    return ",".join(spec.name for spec in _signature(program_json))
 
 
 @functools.lru_cache(maxsize=None)
-def compiled(program_json: str, backend: str, schedule_json: str):
-    """The :class:`~scancc.backends.base.CompiledScan` for a program, built once and cached."""
+def _schedule(schedule_json: str) -> Schedule:
+    return Schedule.from_dict(json.loads(schedule_json))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(program_json: str, backend: str, schedule: Optional[Schedule]):
     from .. import compiler
 
-    schedule = Schedule.from_dict(json.loads(schedule_json)) if schedule_json else None
     return compiler.compile(_program(program_json), backend=backend or None, schedule=schedule)
+
+
+def compiled(program_json: str, backend: str, schedule_json: str):
+    """The :class:`~scancc.backends.base.CompiledScan` for a program, built once and cached
+    (``backend`` ``""``: the compiler's default; ``schedule_json`` ``""``: the backend's default)."""
+    return _compiled(program_json, backend, _schedule(schedule_json) if schedule_json else None)
 
 
 def _kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[str, torch.Tensor]):
@@ -69,10 +83,10 @@ def _kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[
 
     program = _program(program_json)
     name = backend or default_backend()
-    x = _main_input(program, named)
+    x = _main_input(named)
     dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    schedule = best_schedule(program, name, _bind_dims(program, named), device=x.device, dtype=dtype)
-    return compiled(program_json, name, schedule.to_json())
+    schedule = best_schedule(program, name, _bind_dims(program_json, named), device=x.device, dtype=dtype)
+    return _compiled(program_json, name, schedule)
 
 
 def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -87,9 +101,10 @@ def _empty(like: torch.Tensor) -> torch.Tensor:
 
 
 # -- shapes, for the fake kernels -------------------------------------------------------------
-def _bind_dims(program: Program, named: Mapping[str, torch.Tensor]) -> dict[str, int]:
+def _bind_dims(program_json: str, named: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Sizes of the symbolic dimensions (batch, dim, seqlen, ...) read from the inputs."""
     sizes: dict[str, int] = {}
-    for spec in program.tensors():
+    for spec in _signature(program_json):
         t = named.get(spec.name)
         if t is None:
             continue
@@ -98,24 +113,25 @@ def _bind_dims(program: Program, named: Mapping[str, torch.Tensor]) -> dict[str,
     return sizes
 
 
-def _main_input(program: Program, named: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def _main_input(named: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return named["u"] if "u" in named else named["x"]
 
 
 def out_meta(program: Program, named: Mapping[str, torch.Tensor]) -> tuple[tuple[int, ...], torch.dtype]:
     """Shape and dtype of ``out``: like ``u``/``x``; complex64 for a complex state read whole."""
-    x = _main_input(program, named)
+    x = _main_input(named)
     complex_out = program.state.complex and program.readout.kind == "state"
     return tuple(x.shape), (torch.complex64 if complex_out else x.dtype)
 
 
 def state_meta(
-    program: Program, named: Mapping[str, torch.Tensor], cu_seqlens: Optional[torch.Tensor]
+    program_json: str, named: Mapping[str, torch.Tensor], cu_seqlens: Optional[torch.Tensor]
 ) -> tuple[tuple[int, ...], torch.dtype]:
     """Shape and dtype of the initial/final state: ``program.state_dims()`` with
     ``batch`` replaced by ``num_seqs`` under ``cu_seqlens``; ``dstate`` is 1 when no
     input carries it (plain scans). float32, or complex64 for a complex state."""
-    sizes = _bind_dims(program, named)
+    program = _program(program_json)
+    sizes = _bind_dims(program_json, named)
     sizes.setdefault("dstate", 1)
     if cu_seqlens is not None:
         sizes["batch"] = cu_seqlens.shape[0] - 1
@@ -151,11 +167,11 @@ def _scan_fake(program, backend, schedule, names, inputs, initial_state, cu_seql
     prog = _program(program)
     named = dict(zip(names.split(","), inputs))
     shape, dtype = out_meta(prog, named)
-    x = _main_input(prog, named)
+    x = _main_input(named)
     out = x.new_empty(shape, dtype=dtype)
     if not return_final_state:
         return out, _empty(x)
-    s_shape, s_dtype = state_meta(prog, named, cu_seqlens)
+    s_shape, s_dtype = state_meta(program, named, cu_seqlens)
     return out, x.new_empty(s_shape, dtype=s_dtype)
 
 

@@ -34,7 +34,8 @@ SELECTIVE_BAD = [
     ("u not a tensor", TypeError, "u: expected a torch.Tensor, got list", dict(u=[1.0])),
     ("integer u", TypeError, "u: expected dtype float32, float16 or bfloat16, got torch.int64",
      dict(u=torch.ones(B_, D_, L_, dtype=torch.int64))),
-    ("bool u", TypeError, "integer and bool tensors are not accepted", dict(u=torch.ones(B_, D_, L_, dtype=torch.bool))),
+    ("bool u", TypeError, "integer and bool tensors are not accepted",
+     dict(u=torch.ones(B_, D_, L_, dtype=torch.bool))),
     ("float64 u", TypeError, "got torch.float64 (kernels compute in float32", dict(u=torch.randn(B_, D_, L_).double())),
     ("u 2-D", ValueError, "u: expected (batch, dim, seqlen), got (2, 8)", dict(u=torch.randn(B_, D_))),
     ("empty sequence", ValueError, "u: expected seqlen >= 1, got seqlen=0",
@@ -59,13 +60,15 @@ SELECTIVE_BAD = [
      dict(B=torch.randn(B_, N_, L_, dtype=torch.complex64))),
     ("fixed B dtype", TypeError, "B: expected dtype float32 (a time-invariant B/C has A's dtype), got torch.bfloat16",
      dict(B=torch.randn(D_, N_, dtype=torch.bfloat16))),
-    ("D dtype", TypeError, "D: expected dtype float32, got torch.bfloat16", dict(D=torch.randn(D_, dtype=torch.bfloat16))),
+    ("D dtype", TypeError, "D: expected dtype float32, got torch.bfloat16",
+     dict(D=torch.randn(D_, dtype=torch.bfloat16))),
     ("D shape", ValueError, "D: expected (dim=8), got (8, 1)", dict(D=torch.randn(D_, 1))),
     ("z dtype", TypeError, "z: expected dtype torch.float32 (the dtype of u), got torch.float16",
      dict(z=torch.randn(B_, D_, L_, dtype=torch.float16))),
     ("delta_bias shape", ValueError, "delta_bias: expected (dim=8), got (4,)", dict(delta_bias=torch.randn(4))),
     ("device mismatch", ValueError, "C is on meta but u is on cpu", dict(C=torch.randn(B_, N_, L_, device="meta"))),
-    ("softplus flag", TypeError, "delta_softplus: expected a bool, got Tensor", dict(delta_softplus=torch.tensor(True))),
+    ("softplus flag", TypeError, "delta_softplus: expected a bool, got Tensor",
+     dict(delta_softplus=torch.tensor(True))),
     ("state shape", ValueError, "initial_state: expected (batch=2, dim=8, dstate=16), got (2, 8, 15)",
      dict(initial_state=torch.zeros(B_, D_, N_ - 1))),
     ("state dtype", TypeError, "initial_state: expected dtype float32 (states are kept in float32), got torch.bfloat16",
@@ -146,7 +149,8 @@ def test_linear_bad_arguments(case: tuple) -> None:
 
 def lti_args(**over: Any) -> dict[str, Any]:
     args: dict[str, Any] = dict(u=torch.randn(B_, D_, L_), delta=torch.rand(D_), A=CPLX_A,
-                                B=torch.randn(D_, N_, dtype=torch.complex64), C=torch.randn(D_, N_, dtype=torch.complex64))
+                                B=torch.randn(D_, N_, dtype=torch.complex64),
+                                C=torch.randn(D_, N_, dtype=torch.complex64))
     args.update(over)
     return args
 

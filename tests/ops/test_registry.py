@@ -46,11 +46,11 @@ def test_opcheck_scan(complex_: bool) -> None:
 def test_opcheck_scan_varlen_and_backward() -> None:
     program = linear().to_json()
     g = gen_(2)
-    a, x = torch.rand(1, 2, 9, generator=g, device=DEVICE), torch.randn(1, 2, 9, generator=g, device=DEVICE)
+    a, x = torch.rand(1, 2, 9, generator=g).to(DEVICE), torch.randn(1, 2, 9, generator=g).to(DEVICE)
     cu = torch.tensor([0, 4, 9], dtype=torch.int32, device=DEVICE)
-    h0 = torch.randn(2, 2, 1, device=DEVICE)
+    h0 = torch.randn(2, 2, 1, generator=g).to(DEVICE)
     torch.library.opcheck(scan, (program, "", "", "a,x", [a, x], h0, cu, True))
-    grad_out, grad_final = torch.randn_like(x), torch.randn(2, 2, 1, device=DEVICE)
+    grad_out, grad_final = torch.randn(1, 2, 9, generator=g).to(DEVICE), torch.randn(2, 2, 1, generator=g).to(DEVICE)
     torch.library.opcheck(scan_backward, (program, "", "", "a,x", [a, x], h0, cu, grad_out, grad_final))
 
 

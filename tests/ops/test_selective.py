@@ -239,7 +239,8 @@ def test_non_contiguous_inputs() -> None:
     b, d, n, length = 2, 3, 4, 8
     u = randn(b, length, d, gen=gen).transpose(1, 2)
     delta = randn(b, d, 2 * length, gen=gen)[..., ::2]
-    A, B, C = -torch.rand(d, n, generator=gen), randn(b, length, n, gen=gen).transpose(1, 2), randn(b, n, length, gen=gen)
+    A = -torch.rand(d, n, generator=gen)
+    B, C = randn(b, length, n, gen=gen).transpose(1, 2), randn(b, n, length, gen=gen)
     dev = [t.to(DEVICE) for t in (u, delta, A, B, C)]
     out = selective_scan_fn(*dev, delta_softplus=True)
     ref = selective_scan_fn(*(t.contiguous() for t in dev), delta_softplus=True)
