@@ -56,7 +56,7 @@ def test_opcheck_scan_varlen_and_backward() -> None:
 
 @pytest.mark.filterwarnings("ignore:Input #")
 def test_gradcheck_selective() -> None:
-    """Finite differences in float32 (the kernels reject float64): loose but independent of any reference."""
+    """Finite differences in float32 (the ops take no float64): loose, but independent of any reference."""
     program, names, tensors, h0 = selective_case()
     tensors = [t.requires_grad_() for t in tensors]
 
