@@ -83,7 +83,8 @@ def mamba_chunk_scan_combined(
     Args:
         x: ``(batch, seqlen, heads, headdim)`` float32, float16 or bfloat16.
         dt: ``(batch, seqlen, heads)``, any of those dtypes.
-        A: ``(heads,)``, normally negative (``−exp(A_log)``).
+        A: ``(heads,)``, negative (``−exp(A_log)``): with ``Δ >= 0`` every log-decay ``Δ·A`` is
+            ``<= 0``, which the kernels rely on (decays are computed as ``exp(min(·, 0))``).
         B, C: ``(batch, seqlen, groups, dstate)`` in x's dtype, ``heads % groups == 0``.
         D: ``(heads,)`` or ``(heads, headdim)``. z: like x. dt_bias: ``(heads,)``.
         initial_states: ``(batch, heads, headdim, dstate)``; with ``cu_seqlens`` one per
