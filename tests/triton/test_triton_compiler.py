@@ -122,19 +122,19 @@ def test_default_schedules() -> None:
     # checkpoints (and backward tiles) every 64 steps
     plan = DiagonalPlan.of(ir.selective())
     mamba = tile_sizes(plan, sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
-    assert mamba == Tiles(block_d=32, block_n=16, block_l=16, ckpt_every=4, bwd_block_d=1)
+    assert mamba == Tiles(block_d=32, block_n=16, block_l=16, ckpt_every=4, bwd_block_d=1, bwd_num_warps=1)
     assert mamba.bwd_block_l == 64
     # one long sequence: fewer channels per program, so that enough warps run
-    assert tile_sizes(plan, sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1).block_d == 8
+    assert tile_sizes(plan, sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1).block_d == 16
     assert tile_sizes(plan, sel.replace(block_d=32), dim=5120, dstate=16, chans_per_group=5120,
                       num_seqs=1).block_d == 32
     scan = Schedule(algorithm="chunked_scan", num_warps=1)
-    assert tile_sizes(plan, scan, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4) == Tiles(8, 16, 4, 16, 1)
+    assert tile_sizes(plan, scan, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4) == Tiles(8, 16, 4, 16, 1, 1)
     single = tile_sizes(plan, scan, dim=5120, dstate=16, chans_per_group=5120, num_seqs=1)
-    assert (single.block_d, single.block_l) == (4, 8)
+    assert (single.block_d, single.block_l) == (8, 4)
     odd = tile_sizes(DiagonalPlan.of(ir.selective()), sel, dim=6, dstate=3, chans_per_group=3)
     assert (odd.block_d, odd.block_n, odd.block_l) == (1, 4, 16) and odd.bwd_block_l == 64
-    assert tile_sizes(DiagonalPlan.of(ir.linear()), plain, dim=5, dstate=1, chans_per_group=5) == Tiles(1, 1, 2048, 1, 1)
+    assert tile_sizes(DiagonalPlan.of(ir.linear()), plain, dim=5, dstate=1, chans_per_group=5) == Tiles(1, 1, 2048, 1, 1, 4)
 
 
 def test_cpu_tensors_need_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
