@@ -38,10 +38,13 @@ DEFAULT_BLOCK_P = 64
 MIN_DOT = 16           # tl.dot needs every side >= 16
 STATE_TILE = 8192      # fp32 values of one [BLOCK_P, BLOCK_N] state tile kept in registers
 DBC_MIN_PROGRAMS = 1024
+"""chunk_dbc shares a group's heads out among programs until there are about this many."""
 FUSED_MIN_PROGRAMS = 256
 """The state passing runs inside chunk_scan (one program per row, head and headdim tile, the
 chunks in order) when there are at least this many such programs: about two per SM of an
-H100. With fewer, a separate pass kernel lets chunk_scan take one program per chunk."""
+H100. With fewer, a separate pass kernel lets chunk_scan take one program per chunk. Both
+thresholds follow from the H100's 132 SMs and are not tuned yet (bench_ssd.py times the
+other passing variant next to the chosen one)."""
 
 
 def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
