@@ -211,7 +211,7 @@ def plan_cases(smoke: bool, sweep: bool) -> list[dict[str, Any]]:
 
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
-    cases = plan_cases(args.smoke, getattr(args, "sweep", False))
+    cases = plan_cases(args.smoke, args.sweep)
 
     def make_row(case: dict[str, Any]) -> common.Row:
         shape, mode = tuple(case["shape"]), case["mode"]
@@ -232,17 +232,13 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             "make_row": make_row, "reference_rows": refs}
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time scancc with other schedules on the anchor shape")
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    sweep = "--sweep" in argv
-    if sweep:
-        argv.remove("--sweep")
-
-    def plan_with_sweep(args: argparse.Namespace) -> dict[str, Any]:
-        args.sweep = sweep
-        return plan(args)
-
-    return common.main_for(__file__, __doc__.splitlines()[0], run_case, plan_with_sweep, argv)
+    return common.main_for(__file__, __doc__.splitlines()[0], run_case, plan, argv, add_arguments)
 
 
 if __name__ == "__main__":
