@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import json
 from typing import Optional, Union
 
 import torch
 
-from ..ir import Schedule, ssd
+from ..ir import ssd
 from . import checks as ck
 from .registry import scan
 
@@ -27,27 +26,37 @@ def program_json(skip: bool, gate: bool, bias: bool, softplus: bool, lo: float, 
     return _json(skip, gate, bias, softplus, lo, hi)
 
 
-@torch.compiler.assume_constant_result
-def schedule_json(chunk_size: int) -> str:
-    """The Triton SSD schedule with ``chunk_size`` (tiles sized by the backend at launch)."""
+@functools.lru_cache(maxsize=None)
+def _schedule_json(chunk_size: int) -> str:
     from ..backends.triton_ssd import default_schedule
 
     return default_schedule(ssd()).replace(chunk=chunk_size).to_json()
 
 
 @torch.compiler.assume_constant_result
-def backend_for(program: str, schedule: str) -> str:
-    """The compiler's default backend when it lowers SSD programs with this schedule, else Triton."""
-    from ..backends.registry import get_backend
-    from ..compiler import default_backend
-    from .registry import _program
+def schedule_json(chunk_size: int) -> str:
+    """The Triton SSD schedule with ``chunk_size`` (tiles sized by the backend at launch)."""
+    return _schedule_json(chunk_size)
 
-    name = default_backend()
+
+@functools.lru_cache(maxsize=None)
+def _backend_for(program: str, schedule: str, default: str) -> str:
+    from ..backends.registry import get_backend
+    from .registry import _program, _schedule
+
     try:
-        supported = get_backend(name).supports(_program(program), Schedule.from_dict(json.loads(schedule)))
+        supported = get_backend(default).supports(_program(program), _schedule(schedule))
     except ValueError:
         supported = False
-    return name if supported else "triton"
+    return default if supported else "triton"
+
+
+@torch.compiler.assume_constant_result
+def backend_for(program: str, schedule: str) -> str:
+    """The compiler's default backend when it lowers SSD programs with this schedule, else Triton."""
+    from ..compiler import default_backend
+
+    return _backend_for(program, schedule, default_backend())
 
 
 def _float_arg(name: str, t: object, dims: list[ck.Dim], x: torch.Tensor) -> torch.Tensor:
