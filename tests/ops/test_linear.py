@@ -83,7 +83,7 @@ def run_op(c: Case, a, x, h0) -> list[torch.Tensor]:
     return list(res) if c.want_state else [res]
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(c=cases())
 def test_matches_oracle(c: Case) -> None:
     got = compare(lambda args: run_op(c, *args), lambda args: ref_scan(c, *args), make_inputs(c), NAMES,
