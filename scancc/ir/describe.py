@@ -84,6 +84,6 @@ def describe(p: "Program") -> str:
         pairs = "(2i, 2i+1)" if p.rotary.pairing == "interleaved" else "(i, i + N/2)"
         bias = " after adding B_bias/C_bias" if p.rotary.bias else ""
         lines.append(f"  rotary   B̃, C̃ = R(φ_t) B, C on pairs {pairs}{bias}; φ_t = φ_(t−1) + Δ_t·π·tanh(angles_t)")
-    lines.append(f"  recur    h_t = a_t ⊙ h_(t−1) + b_t")
+    lines.append("  recur    h_t = a_t ⊙ h_(t−1) + b_t")
     lines.append(f"  readout  {_readout(p)}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 
 from ..ir import Program, TensorSpec
-from .xp import Ops, is_torch, namespace_of, to_numpy
+from .xp import is_torch, namespace_of, to_numpy
 
 MAMBA3_STATE_KEYS = ("angle", "ssm", "k", "x")
 
