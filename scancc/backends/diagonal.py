@@ -146,11 +146,6 @@ class DiagonalPlan:
     def optional_operands(self) -> tuple[Operand, ...]:
         return tuple(op for op in self.operands if op.optional)
 
-    @property
-    def seq_operands(self) -> tuple[Operand, ...]:
-        """Operands shaped like ``x`` (their gradients are written per element)."""
-        return tuple(op for op in self.operands if op.layout == "seq")
-
 
 # -- host-side pieces of LTI programs --------------------------------------------------------------
 def step_size(step: Step, delta: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -462,7 +462,7 @@ class TritonScan:
             outs = [abar] + ([bbar] if bbar is not None and d_bbar is not None else [])
             grads_out = [d_abar] + ([d_bbar] if bbar is not None and d_bbar is not None else [])
             got = torch.autograd.grad(outs, [leaves[n] for n in names], grads_out, allow_unused=True)
-        return {n: (g if g is not None else torch.zeros_like(inputs[n])) for n, g in zip(names, got)}  # type: ignore[arg-type]
+        return {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, got)}
 
 
 @dataclass(frozen=True)
@@ -484,7 +484,7 @@ class Tiles:
 
 
 def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, chans_per_group: int,
-               num_seqs: int = MIN_WARPS) -> Tiles:
+               num_seqs: int) -> Tiles:
     """Block sizes for a launch.
 
     BLOCK_N covers the whole state (next power of two ≥ dstate). BLOCK_D is the largest
@@ -492,9 +492,11 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
     channels share their B/C tile; by default 1 for plain scans, else 32 (sequential) or 8
     (chunked_scan), halved while the launch would have fewer than ``MIN_WARPS`` warps (long
     single sequences). BLOCK_L is the schedule's, else 2048 for plain scans, 16 for the
-    sequential forward and about ``FWD_TILE_ELEMENTS`` values per chunked_scan tile. Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
+    sequential forward and about ``FWD_TILE_ELEMENTS`` values per chunked_scan tile.
+    Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
     ``num_seqs·dim·dstate·seqlen / (BLOCK_L·ckpt_every)`` floats); the backward's tiles
-    span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values.
+    span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values, on one warp when
+    the state has an n axis.
     """
     cplx = 2 if plan.complex else 1
     sequential = schedule.algorithm == "sequential"

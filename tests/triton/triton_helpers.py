@@ -212,5 +212,6 @@ def check_backward(case: Case, *, grad_out: bool = True, grad_final: bool = True
         if ref is None:
             ref = torch.zeros_like(tensors[names.index(name)])
         if name != "initial_state":
-            assert g is not None and g.dtype == inputs[name].dtype, f"{name}: gradient dtype {getattr(g, 'dtype', None)}"
+            got_dtype = getattr(g, "dtype", None)
+            assert got_dtype == inputs[name].dtype, f"{name}: gradient dtype {got_dtype}, input {inputs[name].dtype}"
         assert_close(f"grad {name}", g, ref, BWD_TOL[case.dtype])
