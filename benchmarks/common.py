@@ -133,11 +133,16 @@ class Row:
 
 
 def _git_commit() -> str:
+    """``git rev-parse --short HEAD``, else ``$SCANCC_COMMIT`` (copies of the tree without
+    ``.git``, e.g. on a GPU machine), else ``unknown``."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get("SCANCC_COMMIT") or "unknown"
 
 
 def run_metadata(device: str, copy: dict[str, float]) -> dict[str, Any]:

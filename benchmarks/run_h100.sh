@@ -7,6 +7,9 @@
 # isolated case); run them one per call where a command's time is limited.
 #
 # Results go to $OUT (default ./bench-results): <bench>.jsonl, <bench>.md and <bench>.log.
+# Where the checkout travels without .git, pass the commit: SCANCC_COMMIT=$(git rev-parse --short HEAD).
+# BENCH_TIMEOUT (default 300) bounds each isolated case, WARP_BUILD_TIMEOUT (default 300) the
+# one-off build of accelerated-scan's CUDA kernel before the linear benchmark, in seconds.
 # Peers: prepare .anchors/ once on a machine with network access
 #   PYTHON=.venv/bin/python /work/shared/bench/prepare_anchors.sh .anchors
 # and bring it along; scancc itself is imported from this checkout (no install needed
@@ -25,13 +28,17 @@ $py -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU'; print(tor
 status=0
 run() {  # run <name>: one benchmark script, its output also kept in $out/<name>.log
   set -o pipefail
-  $py "benchmarks/bench_$1.py" --out "$out" 2>&1 | tee "$out/$1.log" || status=1
+  $py "benchmarks/bench_$1.py" --out "$out" --timeout "${BENCH_TIMEOUT:-300}" 2>&1 | tee "$out/$1.log" || status=1
+}
+prebuild_warp() {  # torch builds accelerated-scan's CUDA kernel on first import (minutes): once, untimed
+  timeout "${WARP_BUILD_TIMEOUT:-300}" $py -c "import accelerated_scan.warp" >"$out/warp_build.log" 2>&1 \
+    || echo "accelerated_scan.warp did not build (see $out/warp_build.log): its rows will say so" >&2
 }
 case "$which" in
-  linear) run linear_scan ;;
+  linear) prebuild_warp; run linear_scan ;;
   selective) run selective_scan ;;
   ssd) run ssd ;;
-  all) run linear_scan; run selective_scan; run ssd ;;
+  all) prebuild_warp; run linear_scan; run selective_scan; run ssd ;;
   *) echo "usage: $0 [linear|selective|ssd|all]" >&2; exit 2 ;;
 esac
 exit $status
