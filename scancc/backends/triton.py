@@ -58,6 +58,16 @@ def _is_interpreted(kernel: Any) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+def _step(program: Program) -> Any:
+    """The decode half of this backend (:mod:`scancc.backends.triton_step`) for single-token
+    programs (``mode == "step"``), else ``None``."""
+    if program.mode != "step":
+        return None
+    from . import triton_step
+
+    return triton_step
+
+
 def _ssd(program: Program) -> Any:
     """The SSD half of this backend (:mod:`scancc.backends.triton_ssd`) for programs with a
     matrix state (SSD / Mamba-2), else ``None``."""
@@ -83,6 +93,8 @@ class TritonBackend:
 
     def unsupported_reason(self, program: Program, schedule: Schedule) -> Optional[str]:
         """Why ``program`` with ``schedule`` cannot be lowered, or ``None``."""
+        if _step(program):
+            return _step(program).unsupported_reason(program, schedule)
         if _ssd(program):
             return _ssd(program).unsupported_reason(program, schedule)
         reason = unsupported_reason(program)
@@ -107,7 +119,9 @@ class TritonBackend:
         H100, Mamba-1 (bf16 B4 D5120 N16 L4096) ran its forward in 1.55 ms this way and in
         2.7 ms with the best ``chunked_scan`` tiles (8 × 16 × 4, one warp), whose log-depth
         scans cost far more instructions per step than the state update itself; its backward
-        took 11.4 ms."""
+        took 11.4 ms. Single-token programs: :func:`scancc.backends.triton_step.default_schedule`."""
+        if _step(program):
+            return _step(program).default_schedule(program)
         if _ssd(program):
             return _ssd(program).default_schedule(program)
         if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
@@ -119,11 +133,15 @@ class TritonBackend:
         reason = self.unsupported_reason(program, schedule)
         if reason is not None:
             raise ValueError(f"triton backend cannot lower {program.name!r}: {reason}")
+        if _step(program):
+            return _step(program).lower(program, schedule)
         if _ssd(program):
             return _ssd(program).lower(program, schedule)
         return render(TEMPLATE, **template_context(DiagonalPlan.of(program), schedule))
 
     def build(self, program: Program, schedule: Schedule, source: str) -> Any:
+        if _step(program):
+            return _step(program).build(program, schedule, source)
         if _ssd(program):
             return _ssd(program).build(program, schedule, source)
         module = load_source(source, "triton", program.name)

@@ -6,6 +6,7 @@
   ``scan(gates, tokens)``, HGRN, RG-LRU).
 - :func:`lti_scan` — S4D/S5/LRU time-invariant diagonal SSMs.
 - :func:`mamba_chunk_scan_combined` — mamba-ssm's Mamba-2 SSD (chunked, same signature).
+- :func:`selective_state_update` — mamba-ssm's single-token decode step (state updated in place).
 - :func:`run_program` — any IR program through the generic op.
 
 How they work: each public op validates its arguments (:mod:`scancc.ops.checks`), builds
@@ -32,10 +33,12 @@ Conventions shared by all ops:
 - Double backward is not supported.
 """
 
+from .decode import selective_state_update
 from .linear import linear_scan
 from .lti import lti_scan
 from .registry import run_program
 from .selective import selective_scan_fn
 from .ssd import mamba_chunk_scan_combined
 
-__all__ = ["linear_scan", "lti_scan", "mamba_chunk_scan_combined", "run_program", "selective_scan_fn"]
+__all__ = ["linear_scan", "lti_scan", "mamba_chunk_scan_combined", "run_program", "selective_scan_fn",
+           "selective_state_update"]
