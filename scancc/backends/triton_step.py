@@ -135,7 +135,7 @@ class TritonStep:
         block_n = _next_pow2(dstate)
         want_m = self.schedule.block_d or max(1, STATE_TILE // block_n)
         block_m = max(1, min(_next_pow2(dim), _next_pow2(want_m)))
-        grid = (triton_cdiv(dim, block_m), batch, heads)
+        grid = (-(-dim // block_m), batch, heads)
         args = [state, *state.stride(), x, *x.stride(), dt, *dt.stride(), dt_bias, *_strides(dt_bias, 2),
                 A, *A.stride(), B, *B.stride(), C, *C.stride(), D, *_strides(D, 2), z, *_strides(z, 3),
                 out, *out.stride(), state_batch_indices, dim, dstate, heads // groups]
@@ -200,7 +200,3 @@ class TritonStep:
 
     def backward(self, *args: Any, **kwargs: Any) -> dict[str, Optional[torch.Tensor]]:
         raise ValueError(f"{self.program.name}: step-mode programs have no backward (decode only)")
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
