@@ -290,3 +290,18 @@ def test_mamba2_decode_size_on_gpu() -> None:
     touched[case.idx[case.idx >= 0].long().cpu()] = True
     assert rel_l2(case.state.cpu()[touched], ref_state[touched]) <= tolerance(torch.bfloat16)
     assert torch.equal(case.state.cpu()[~touched], before.cpu()[~touched])
+
+
+def test_strided_state_is_updated_in_place() -> None:
+    """A non-contiguous state (dstate-major cache, every other row) is read and written through
+    its strides, and nothing outside the view changes."""
+    case = make_case(6, mamba2=True, batch=2, heads=2, dim=3, dstate=5, groups=1, has_d=True, has_z=False,
+                     has_bias=True, softplus=True, tied=False, indexed=False, dtype=torch.float32)
+    cache = torch.randn(4, 2, 5, 3)
+    view = cache[::2].transpose(-1, -2)
+    view.copy_(case.state)
+    case.state = view
+    spare = cache[1::2].clone()
+    check(case)
+    assert case.state.data_ptr() == cache.data_ptr()
+    assert torch.equal(cache[1::2], spare)
