@@ -96,6 +96,17 @@ def check_seqlen(name: str, seqlen: int) -> None:
         raise ValueError(f"{name}: expected seqlen >= 1, got seqlen=0")
 
 
+def check_channel_input(name: str, value: object) -> tuple[int, int, int]:
+    """A ``(batch, dim, seqlen)`` activation of a floating dtype with seqlen ≥ 1; returns its sizes."""
+    t = check_tensor(name, value)
+    check_dtype(name, t, ACTIVATION_DTYPES)
+    if t.dim() != 3:
+        shape_error(name, t, [[("batch", None), ("dim", None), ("seqlen", None)]])
+    batch, dim, seqlen = t.shape
+    check_seqlen(name, seqlen)
+    return batch, dim, seqlen
+
+
 def check_flag(name: str, value: object) -> bool:
     """Python bools only (a tensor here would need a host sync to read)."""
     if not isinstance(value, bool):

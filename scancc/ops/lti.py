@@ -65,12 +65,7 @@ def lti_scan(
     disc = ck.check_choice("discretization", discretization, DISCRETIZATIONS)
     pairs = ck.check_flag("conj_pairs", conj_pairs)
     want_state = ck.check_flag("return_final_state", return_final_state)
-    u = ck.check_tensor("u", u)
-    ck.check_dtype("u", u, ck.ACTIVATION_DTYPES)
-    if u.dim() != 3:
-        ck.shape_error("u", u, [[("batch", None), ("dim", None), ("seqlen", None)]])
-    batch, dim, seqlen = u.shape
-    ck.check_seqlen("u", seqlen)
+    batch, dim, seqlen = ck.check_channel_input("u", u)
     vec = [("dim", dim)]
     if disc == "none":
         if delta is not None:

@@ -116,12 +116,7 @@ def selective_scan_fn(
         ``out (batch, dim, seqlen)`` in u's dtype, and with ``return_last_state`` also
         ``last_state (batch or num_seqs, dim, dstate)`` float32 (complex64 for complex A).
     """
-    u = ck.check_tensor("u", u)
-    ck.check_dtype("u", u, ck.ACTIVATION_DTYPES)
-    if u.dim() != 3:
-        ck.shape_error("u", u, [[("batch", None), ("dim", None), ("seqlen", None)]])
-    batch, dim, seqlen = u.shape
-    ck.check_seqlen("u", seqlen)
+    batch, dim, seqlen = ck.check_channel_input("u", u)
     seq = [("batch", batch), ("dim", dim), ("seqlen", seqlen)]
     delta = ck.check_arg("delta", delta, seq, "u", u)
     A = ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
