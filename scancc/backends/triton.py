@@ -73,9 +73,9 @@ def _ssd(program: Program) -> Any:
     matrix state (SSD / Mamba-2), else ``None``."""
     if program.state.shape != "matrix":
         return None
-    from . import triton_ssd
+    from . import triton_mamba3, triton_ssd
 
-    return triton_ssd
+    return triton_mamba3 if program.input.kind == "trapezoid" else triton_ssd
 
 
 class TritonBackend:

@@ -16,6 +16,11 @@ Schedule: ``algorithm="ssd_chunked"``; ``chunk`` the chunk length (default 256);
 ``block_l`` the row tile inside a chunk (default min(chunk, 64)); ``block_d`` the headdim tile
 (default: at most 64 and ``8192 / dstate``, so a state tile holds about 8K fp32 values);
 ``block_n`` must stay unset (the kernels keep the whole ``dstate`` in a tile).
+
+Mamba-3 programs (trapezoid input, log-decay per head) render the same kernels with the
+two-tap weights (template variable ``trap``); :mod:`scancc.backends.triton_mamba3` prepares
+their inputs and drives an :class:`SSDScan` of the rendered source on the *core* inputs
+:data:`CORE_INPUTS` (``chunk`` then counts tokens; the kernels see ``chunk · rank`` slots).
 """
 
 from __future__ import annotations
@@ -47,6 +52,18 @@ thresholds follow from the H100's 132 SMs and are not tuned yet (bench_ssd.py ti
 other passing variant next to the chosen one)."""
 
 
+CORE_INPUTS = (("x", False), ("dt", False), ("A", False), ("gam", False), ("B", False), ("C", False),
+               ("D", True), ("z", True))
+"""The Mamba-3 core's inputs (name, optional): ``x, z (batch, slots, heads, headdim)``; ``dt`` the
+column weight w, ``A`` the log-decay adt, ``gam`` γ, all ``(batch, slots, heads)`` fp32;
+``B, C (batch, slots, heads, dstate)`` rotated keys and queries; ``D (heads,)``."""
+
+
+def is_trapezoid(program: Program) -> bool:
+    """Mamba-3 programs: the exponential-trapezoidal input with a log-decay per head."""
+    return program.input.kind == "trapezoid"
+
+
 def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Every buffer a kernel fully overwrites is allocated here (tests fill them with NaN)."""
     return torch.empty(shape, device=device, dtype=dtype)
@@ -63,13 +80,19 @@ def unsupported_reason(program: Program, schedule: Schedule) -> Optional[str]:
         return "the SSD kernels take matrix states in the head layout"
     if program.mode != "sequence":
         return "single-step (decode) programs are not lowered by the SSD chunked kernels"
-    if program.decay.kind != "exp" or program.decay.param != "head":
-        return (f"the SSD kernels need a scalar decay per head exp(Δ·A[h]), not "
-                f"{program.decay.kind!r}/{program.decay.param!r}")
-    if program.input.kind != "euler" or program.input.b != "varying" or program.input.rank != 1:
-        return f"the SSD kernels need the Euler input Δ·x Bᵀ with a varying B (got {program.input.kind!r})"
-    if program.rotary is not None:
-        return "rotary (Mamba-3) programs are not SSD"
+    if is_trapezoid(program):
+        if program.decay.param != "head":
+            return "the Mamba-3 kernels need a scalar log-decay per head"
+        if program.input.rank not in (1, 2, 4, 8):
+            return f"the Mamba-3 kernels take MIMO rank 1, 2, 4 or 8, got {program.input.rank}"
+    else:
+        if program.decay.kind != "exp" or program.decay.param != "head":
+            return (f"the SSD kernels need a scalar decay per head exp(Δ·A[h]), not "
+                    f"{program.decay.kind!r}/{program.decay.param!r}")
+        if program.input.kind != "euler" or program.input.b != "varying" or program.input.rank != 1:
+            return f"the SSD kernels need the Euler input Δ·x Bᵀ with a varying B (got {program.input.kind!r})"
+        if program.rotary is not None:
+            return "rotary (Mamba-3) programs are not SSD"
     rd = program.readout
     if rd.kind != "contract" or rd.c != "varying" or rd.scale != 1.0:
         return "the SSD kernels read y = H C with a varying C"
@@ -98,6 +121,7 @@ def template_context(program: Program) -> dict[str, Any]:
         has_bias=bool(step and step.bias), softplus=bool(step and step.softplus),
         clamp=step.clamp if step else None,
         skip=program.readout.skip, gate=program.readout.gate != "none", inf=math.inf,
+        trap=is_trapezoid(program), rank=program.input.rank,
     )
 
 
@@ -228,6 +252,14 @@ class SSDScan:
         self.schedule = schedule
         self.source = source
         self.k = {name: getattr(module, f"{program.name}_{name}_kernel") for name in self.KERNELS}
+        self.trap = is_trapezoid(program)
+        self.rank = program.input.rank
+
+    def _inputs(self) -> list[tuple[str, bool]]:
+        """``(name, optional)`` of the kernels' inputs: the program's, or the Mamba-3 core's."""
+        if self.trap:
+            return list(CORE_INPUTS)
+        return [(spec.name, spec.optional) for spec in self.program.tensors()]
 
     def __repr__(self) -> str:
         return f"SSDScan({self.program.name!r}, {self.schedule.to_json()})"
@@ -241,11 +273,11 @@ class SSDScan:
     def _bind(self, inputs: Mapping[str, Optional[torch.Tensor]], cu_seqlens: Optional[torch.Tensor]) -> _Bound:
         name = self.program.name
         t: dict[str, Optional[torch.Tensor]] = {}
-        for spec in self.program.tensors():
-            v = inputs.get(spec.name)
-            if v is None and not spec.optional:
-                raise ValueError(f"{name}: input {spec.name!r} is required")
-            t[spec.name] = None if v is None else v.contiguous()
+        for key, optional in self._inputs():
+            v = inputs.get(key)
+            if v is None and not optional:
+                raise ValueError(f"{name}: input {key!r} is required")
+            t[key] = None if v is None else v.contiguous()
         x = t["x"]
         assert x is not None
         if x.dim() != 4:
@@ -271,7 +303,7 @@ class SSDScan:
                 raise ValueError(f"{name}: {key} must have x's dtype {x.dtype}, got {v.dtype}")
         self._check_device(x.device)
 
-        chunk = self.schedule.chunk or DEFAULT_CHUNK
+        chunk = (self.schedule.chunk or DEFAULT_CHUNK) * self.rank
         n_chunks = -(-seqlen // chunk)
         seq_idx = inputs.get("seq_idx")
         seg = None
@@ -348,6 +380,10 @@ class SSDScan:
         return dict(HAS_SEG=b.seg is not None, VARLEN=b.table is not None,
                     PRECISION="ieee" if x.dtype == torch.float32 else "tf32", DOT=dot)
 
+    def _trap_args(self, b: _Bound, **buffers: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
+        """The Mamba-3 kernels' extra operands (γ, and the given buffers) by name; none for SSD."""
+        return dict(gam=b.t["gam"], **buffers) if self.trap else {}
+
     # -- forward -----------------------------------------------------------------------------
     def forward(
         self,
@@ -387,7 +423,7 @@ class SSDScan:
                          **self._meta(b, "CHUNK", "BLOCK_T", "BLOCK_P", "BLOCK_N"))
         grid = (b.rows, H, b.p_blocks) if b.fused else (b.total, H, b.p_blocks)
         self._launch(b, "chunk_scan", grid, x, t.get("z"), D, t["C"], b.seg, b.table, cs, dl, CB, S, h0, states,
-                     ht, out, *head_args, b.per_row, H, G, P, N, H // G,
+                     ht, out, *head_args, b.per_row, H, G, P, N, H // G, **self._trap_args(b),
                      HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=t.get("z") is not None,
                      FUSED=b.fused, HAS_H0=h0 is not None, SAVE_STATES=states is not None and b.fused,
                      STORE_HT=ht is not None and b.fused, **common,
@@ -449,7 +485,7 @@ class SSDScan:
         # 2. dCB, summed over the heads of a group
         dCB = _empty((b.total, G, Q, Q), device=dev, dtype=f32)
         self._launch(b, "chunk_dcb", (b.total, G, b.t_blocks ** 2), x, z, dout, b.seg, b.table, cs, dl, dCB,
-                     *head_args, H, G, P, H // G, HAS_Z=z is not None, **common,
+                     *head_args, H, G, P, H // G, **self._trap_args(b), HAS_Z=z is not None, **common,
                      **self._meta(b, "CHUNK", "BLOCK_T", "BLOCK_P"))
 
         # 3. dx, dz, D's partial sums, the pieces of dcs
@@ -459,19 +495,23 @@ class SSDScan:
         r_part, u_part, dd_part = (_empty(parts + (Q,), device=dev, dtype=f32) for _ in range(3))
         k_part = _empty(parts, device=dev, dtype=f32)
         dD_part = _empty((b.total, H, P), device=dev, dtype=f32) if D is not None else None
+        g_part = _empty(parts + (Q,), device=dev, dtype=f32) if self.trap else None
         self._launch(b, "chunk_dx", (b.total, H, b.p_blocks), x, z, dout, D, t["B"], t["C"], b.seg, b.table, cs, dl,
                      CB, states, Gs, dx, dz, r_part, u_part, dd_part, k_part, dD_part,
-                     *head_args, H, G, P, N, H // G, b.p_blocks,
+                     *head_args, H, G, P, N, H // G, b.p_blocks, **self._trap_args(b, g_part=g_part),
                      HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, **common,
                      **sizes)
 
         # 4. the gradient of the log-decays: ddt, and partial sums of dA, ddt_bias
         ddt = _empty(tuple(dt.shape), device=dev, dtype=dt.dtype)
-        dA_part = _empty((b.total, H), device=dev, dtype=f32)
+        # Mamba-3: ∂L/∂adt per token in place of dA's partial sums, and ∂L/∂γ
+        dA_part = _empty(tuple(dt.shape) if self.trap else (b.total, H), device=dev, dtype=f32)
+        dgam = _empty(tuple(dt.shape), device=dev, dtype=f32) if self.trap else None
         has_bias = t.get("dt_bias") is not None
         dbias_part = _empty((b.total, H), device=dev, dtype=f32) if has_bias else None
+        trap_ddt = dict(g_part=g_part, dgam=dgam) if self.trap else {}
         self._launch(b, "chunk_ddt", (b.total, H), dt, t["A"], t.get("dt_bias"), b.table, dl, r_part, u_part, dd_part,
-                     k_part, ddt, dA_part, dbias_part, *head_args, H, b.p_blocks, HAS_DT_BIAS=has_bias,
+                     k_part, ddt, dA_part, dbias_part, *head_args, H, b.p_blocks, **trap_ddt, HAS_DT_BIAS=has_bias,
                      VARLEN=common["VARLEN"], **self._meta(b, "CHUNK", "BLOCK_T"))
 
         # 5. dB and dC, the heads of a group shared out among `splits` programs
@@ -490,8 +530,8 @@ class SSDScan:
         A = t["A"]
         assert A is not None
         grads: dict[str, Optional[torch.Tensor]] = {
-            "x": dx, "dt": ddt, "A": dA_part.sum(0).to(A.dtype), "B": dB, "C": dC, "z": dz,
-            "D": None, "dt_bias": None,
+            "x": dx, "dt": ddt, "A": dA_part if self.trap else dA_part.sum(0).to(A.dtype), "B": dB, "C": dC,
+            "z": dz, "D": None, "dt_bias": None, "gam": dgam,
         }
         if D is not None and dD_part is not None:
             dD = dD_part.sum(0)
@@ -499,9 +539,9 @@ class SSDScan:
         if has_bias and dbias_part is not None:
             grads["dt_bias"] = dbias_part.sum(0).to(t["dt_bias"].dtype)
         result: dict[str, Optional[torch.Tensor]] = {}
-        for spec in self.program.tensors():
-            v = inputs.get(spec.name)
-            g = grads.get(spec.name)
-            result[spec.name] = None if v is None or g is None else g.reshape(v.shape)
+        for key, _ in self._inputs():
+            v = inputs.get(key)
+            g = grads.get(key)
+            result[key] = None if v is None or g is None else g.reshape(v.shape)
         result["initial_state"] = None if dh0 is None or h0 is None else dh0.to(h0.dtype)
         return result

@@ -1,0 +1,406 @@
+"""Mamba-3 programs on the Triton backend: the SSD kernels with the two-tap input.
+
+A Mamba-3 program (``scancc.ir.mamba3``: trapezoid input, per-head log-decay, optional rotary
+and MIMO rank R) is lowered by rendering the SSD templates with the template variable
+``trap`` (:func:`scancc.backends.triton_ssd.lower`), so the chunked kernels are the SSD ones
+with two hooks: the log-decay is read per token instead of formed as Δ·A, and the weight of
+a column token in the intra-chunk mask is γ on the token's own slots and w elsewhere.
+
+This module prepares the kernels' inputs and finishes their outputs, in torch (elementwise
+and differentiable, so the backward chains the kernels' gradients through it by autograd):
+
+- ``λ = sigmoid(trap)``, ``γ = λΔ``, ``μ = (1 − λ)Δ``; the column weight
+  ``w_t = γ_t + μ_(t+1)`` (``μ_(t+1) = 0`` after a sequence's last token). With
+  ``α_t = exp(adt_t)`` the recurrence ``h_t = α_t h_(t−1) + β_t u_(t−1) + γ_t u_t`` (β = μα)
+  has the mask form ``M_ts = exp(cs_t − cs_s)·(γ_s if s = t else w_s)`` when every chunk's
+  end state also carries ``μ_(next)·u_last`` (the "augmented" state, recurrences.md §4).
+- Rotary: ``φ_t = φ_0 + Σ_(s ≤ t) Δ_s·π·tanh(angles_s)`` (mod 2π) restarted per sequence;
+  ``k̃ = R(φ)(B + B_bias)``, ``q̃ = R(φ)(C + C_bias)`` on ``pairs`` pairs, interleaved
+  ``(2i, 2i+1)`` or halves ``(i, i + N/2)``; keys and queries become per head.
+- MIMO: rows become ``(token, rank)`` slots: ``x_(t,r) = x_t ⊙ W_x[r]``, ``z_(t,r) = z_t ⊙ W_z[r]``,
+  keys/queries of rank r; ``adt`` on each token's first slot (zero on the others);
+  ``out = Σ_r W_o[r] ⊙ y_(t,r)``.
+- Input state ``{angle, ssm, k, x}``: the kernels start from ``ssm + μ_0·Σ_r (x ⊙ W_x[r]) k[r]ᵀ``
+  (the previous token's half step). Final state: the kernels' last state is exact (no next
+  token), ``angle = φ_last mod 2π``, ``k = k̃_last`` (fp32), ``x = x_last``.
+
+Schedule: ``algorithm="ssd_chunked"``, ``chunk`` in tokens (the kernels take ``chunk·R`` slots).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import torch
+
+from ..ir import Program, Schedule
+from . import triton_ssd
+from .modules import load_source
+
+DEFAULT_CHUNK = 64
+STATE_KEYS = ("angle", "ssm", "k", "x")
+ANGLE_BLOCK = 64
+"""Rotary angles are summed in fp32 inside blocks of this many tokens and across blocks in fp64."""
+
+
+def unsupported_reason(program: Program, schedule: Schedule) -> Optional[str]:
+    """Why the Mamba-3 kernels cannot run ``program`` with ``schedule``, or ``None``."""
+    if program.input.kind != "trapezoid":
+        return "not a Mamba-3 (trapezoid input) program"
+    reason = triton_ssd.unsupported_reason(program, schedule)
+    if reason is not None:
+        return reason
+    if (schedule.chunk or DEFAULT_CHUNK) * program.input.rank > 4096:
+        return f"chunk · rank must stay within 4096 slots, got {schedule.chunk} · {program.input.rank}"
+    return None
+
+
+def default_schedule(program: Program) -> Schedule:
+    """Chunks of 64 tokens (mamba-ssm's Mamba-3 default), 4 warps."""
+    return Schedule(algorithm="ssd_chunked", chunk=DEFAULT_CHUNK, num_warps=4, num_stages=2)
+
+
+def lower(program: Program, schedule: Schedule) -> str:
+    """The SSD templates rendered for a Mamba-3 program (``trap`` hooks on)."""
+    return triton_ssd.lower(program, schedule)
+
+
+def build(program: Program, schedule: Schedule, source: str) -> "Mamba3Scan":
+    return Mamba3Scan(program, schedule, source, load_source(source, "triton", program.name))
+
+
+# -- preparation ----------------------------------------------------------------------------------
+def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str) -> torch.Tensor:
+    """Rotate pairs of the last axis of ``v (..., N)`` by angles whose ``cos``/``sin`` are
+    ``(..., K)`` (broadcast): ``(u, w) → (u cos − w sin, u sin + w cos)`` on pairs ``(2i, 2i+1)``
+    (``interleaved``) or ``(i, i + N/2)`` (``halves``), ``i < K``; other entries unchanged."""
+    K, N = cos.shape[-1], v.shape[-1]
+    if K == 0:
+        return v
+    if pairing == "interleaved":
+        u, w = v[..., 0:2 * K:2], v[..., 1:2 * K:2]
+        pairs = torch.stack([u * cos - w * sin, u * sin + w * cos], -1).flatten(-2)
+        return torch.cat([pairs, v[..., 2 * K:]], -1)
+    u, w = v[..., :K], v[..., N // 2:N // 2 + K]
+    return torch.cat([u * cos - w * sin, v[..., K:N // 2], u * sin + w * cos, v[..., N // 2 + K:]], -1)
+
+
+def cumulative_angles(inc: torch.Tensor, starts: torch.Tensor, phi0: Optional[torch.Tensor],
+                      seq_of: torch.Tensor) -> torch.Tensor:
+    """``φ (batch, seqlen, heads, K)`` fp32 in [0, 2π): the sum of ``inc`` restarted at every
+    sequence start, plus the sequence's initial angle ``phi0 (rows, heads, K)``.
+
+    ``starts (batch, seqlen)`` bool marks sequence starts (token 0 always); ``seq_of (batch,
+    seqlen)`` the state row of each token. Sums run in fp32 inside blocks of
+    :data:`ANGLE_BLOCK` tokens and in fp64 across blocks (reduced mod 2π), so long sequences
+    keep fp32 accuracy; every step is differentiable.
+    """
+    Bsz, L = inc.shape[:2]
+    pad = -L % ANGLE_BLOCK
+    x = torch.nn.functional.pad(inc, (0, 0, 0, 0, 0, pad)) if pad else inc
+    nb = x.shape[1] // ANGLE_BLOCK
+    local = torch.cumsum(x.reshape(Bsz, nb, ANGLE_BLOCK, *x.shape[2:]), 2)
+    before = torch.cumsum(local[:, :, -1].double(), 1) - local[:, :, -1].double()
+    before = torch.remainder(before, 2 * math.pi).float()
+    total = (local + before[:, :, None]).reshape(x.shape)[:, :L]          # Σ_(s ≤ t) inc_s, mod 2π blockwise
+    idx = torch.arange(L, device=inc.device).expand(Bsz, L)
+    start = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), 1).values
+    base = torch.gather(total - inc, 1, start[:, :, None, None].expand_as(total))
+    phi = total - base
+    if phi0 is not None:
+        phi = phi + phi0.float()[seq_of]
+    return torch.remainder(phi, 2 * math.pi)
+
+
+@dataclass
+class Prepared:
+    """The kernels' inputs for one call, and what the output and final state are made from.
+
+    ``core``: :data:`triton_ssd.CORE_INPUTS` by name; ``h0``: the augmented initial state
+    ``(rows, heads, headdim, dstate)`` fp32 or None; ``k_rot (batch, seqlen, R, heads, N)`` fp32;
+    ``phi (batch, seqlen, heads, K)`` or None; ``last (rows,)`` the last token of each row.
+    """
+
+    core: dict[str, Optional[torch.Tensor]]
+    h0: Optional[torch.Tensor]
+    k_rot: torch.Tensor
+    phi: Optional[torch.Tensor]
+    last: torch.Tensor
+    batch: int
+    seqlen: int
+
+
+@dataclass
+class Mamba3Forward:
+    """``out (batch, seqlen, heads, headdim)``; ``final_state`` ``{angle, ssm, k, x}`` or None;
+    ``saved``: the kernels' forward and output for the backward."""
+
+    out: torch.Tensor
+    final_state: Optional[dict[str, torch.Tensor]] = None
+    saved: dict[str, Any] = field(default_factory=dict)
+
+
+class Mamba3Scan:
+    """A Mamba-3 program compiled to Triton.
+
+    ``inputs`` are named as ``program.tensors()``; ``initial_state`` is a mapping with any of
+    ``angle (rows, heads, pairs)``, ``ssm (rows, heads, headdim, dstate)``, ``k (rows, heads,
+    dstate)`` (MIMO ``(rows, rank, heads, dstate)``), ``x (rows, heads, headdim)`` (missing
+    ones are zero), as in :func:`scancc.oracle.sequential`.
+    """
+
+    backend = "triton"
+
+    def __init__(self, program: Program, schedule: Schedule, source: str, module: Any) -> None:
+        self.program = program
+        self.schedule = schedule
+        self.source = source
+        self.core = triton_ssd.SSDScan(program, schedule, source, module)
+        self.rank = program.input.rank
+
+    def __repr__(self) -> str:
+        return f"Mamba3Scan({self.program.name!r}, {self.schedule.to_json()})"
+
+    # -- preparation -----------------------------------------------------------------------------
+    def _check(self, inputs: Mapping[str, Optional[torch.Tensor]]) -> None:
+        name = self.program.name
+        for spec in self.program.tensors():
+            v = inputs.get(spec.name)
+            if v is None:
+                if not spec.optional:
+                    raise ValueError(f"{name}: input {spec.name!r} is required")
+                continue
+            if v.dim() != len(spec.dims):
+                raise ValueError(f"{name}: {spec.name} must be {spec.dims}, got shape {tuple(v.shape)}")
+
+    def prepare(self, inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optional[Mapping[str, Any]],
+                cu_seqlens: Optional[torch.Tensor]) -> Prepared:
+        """Form the kernels' inputs (module docstring); differentiable in every float input."""
+        self._check(inputs)
+        p, R = self.program, self.rank
+        x, dt, adt, trap = (inputs[k] for k in ("x", "dt", "adt", "trap"))
+        Bsz, L, H, P = x.shape
+        dev, f32 = x.device, torch.float32
+        Bk, Cq = inputs["B"], inputs["C"]
+        if R == 1:
+            Bk, Cq = Bk[:, :, None], Cq[:, :, None]                       # (b, L, R, G, N)
+        G, N = Bk.shape[3], Bk.shape[4]
+        if H % G:
+            raise ValueError(f"{p.name}: the groups of B/C ({G}) must divide heads ({H})")
+
+        # sequences: start flags, the state row of every token, each row's last token
+        if cu_seqlens is None:
+            starts = torch.zeros((Bsz, L), dtype=torch.bool, device=dev)
+            starts[:, 0] = True
+            seq_of = torch.arange(Bsz, device=dev)[:, None].expand(Bsz, L)
+            last = torch.full((Bsz,), L - 1, device=dev, dtype=torch.int64)
+            firsts = torch.zeros((Bsz,), device=dev, dtype=torch.int64)
+        else:
+            cu = cu_seqlens.to(device=dev, dtype=torch.int64)
+            lens = cu[1:] - cu[:-1]
+            starts = torch.zeros((1, L + 1), dtype=torch.bool, device=dev)
+            starts[0, cu[:-1]] = True
+            starts = starts[:, :L]
+            seq_of = (torch.searchsorted(cu[1:], torch.arange(L, device=dev), right=True))[None]
+            last = cu[1:] - 1
+            firsts = cu[:-1]
+            if bool((lens < 1).any()):
+                raise ValueError(f"{p.name}: every sequence of cu_seqlens needs at least one token")
+        is_last = torch.zeros_like(starts)
+        is_last[:, :-1] = starts[:, 1:]
+        is_last[:, -1] = True
+
+        delta = dt.to(f32)
+        lam = torch.sigmoid(trap.to(f32))
+        gamma = lam * delta
+        mu = (1.0 - lam) * delta
+        mu_next = torch.cat([mu[:, 1:], torch.zeros_like(mu[:, :1])], 1) * (~is_last)[..., None]
+        w = gamma + mu_next
+
+        k = Bk.to(f32).repeat_interleave(H // G, 3) if G != H else Bk.to(f32)   # (b, L, R, H, N)
+        q = Cq.to(f32).repeat_interleave(H // G, 3) if G != H else Cq.to(f32)
+        phi = None
+        rot = p.rotary
+        if rot is not None:
+            for key, which in (("B_bias", "k"), ("C_bias", "q")):
+                bias = inputs.get(key)
+                if bias is not None:
+                    bias = bias.to(f32) if R > 1 else bias.to(f32)[:, None]     # (H, R, N)
+                    if which == "k":
+                        k = k + bias.transpose(0, 1)
+                    else:
+                        q = q + bias.transpose(0, 1)
+            angles = inputs["angles"]
+            inc = delta[..., None] * (math.pi * torch.tanh(angles.to(f32)))
+            phi0 = None if initial_state is None else initial_state.get("angle")
+            phi = cumulative_angles(inc, starts, phi0, seq_of)
+            cos, sin = torch.cos(phi)[:, :, None], torch.sin(phi)[:, :, None]
+            k, q = rotate(k, cos, sin, rot.pairing), rotate(q, cos, sin, rot.pairing)
+            G = H
+        keep_groups = G != H                                             # B/C still per group
+
+        xr = x if R == 1 else (x[:, :, None] * inputs["W_x"].transpose(0, 1).to(x.dtype))
+        z = inputs.get("z")
+        if z is not None and R > 1:
+            z = z[:, :, None] * inputs["W_z"].transpose(0, 1).to(z.dtype)
+
+        def slots(t: torch.Tensor) -> torch.Tensor:                    # (b, L, R, ...) → (b, L·R, ...)
+            return t.reshape(Bsz, L * R, *t.shape[3:])
+
+        def per_slot(t: torch.Tensor) -> torch.Tensor:                 # (b, L, H) → (b, L·R, H)
+            return t if R == 1 else t[:, :, None].expand(Bsz, L, R, H).reshape(Bsz, L * R, H)
+
+        adt_s = adt.to(f32)
+        if R > 1:
+            adt_s = torch.cat([adt_s[:, :, None], adt_s.new_zeros((Bsz, L, R - 1, H))], 2).reshape(Bsz, L * R, H)
+        if keep_groups:
+            k_in, q_in = slots(Bk), slots(Cq)
+        else:
+            k_in, q_in = slots(k.to(x.dtype)), slots(q.to(x.dtype))
+        core = {
+            "x": xr if R == 1 else slots(xr), "dt": per_slot(w), "A": adt_s, "gam": per_slot(gamma),
+            "B": k_in, "C": q_in, "D": inputs.get("D"), "z": z if (z is None or R == 1) else slots(z),
+        }
+
+        h0 = None
+        if initial_state is not None and any(initial_state.get(key) is not None for key in ("ssm", "k", "x")):
+            rows = last.shape[0]
+            ssm0 = initial_state.get("ssm")
+            h0 = torch.zeros((rows, H, P, N), device=dev, dtype=f32) if ssm0 is None else ssm0.to(f32)
+            k0, x0 = initial_state.get("k"), initial_state.get("x")
+            if k0 is not None and x0 is not None:
+                k0 = k0.to(f32) if R > 1 else k0.to(f32)[:, None]                # (rows, R, H, N)
+                x0r = x0.to(f32)[:, None]                                        # (rows, 1, H, P)
+                if R > 1:
+                    x0r = x0r * inputs["W_x"].transpose(0, 1).to(f32)
+                mu0 = mu[0, firsts] if cu_seqlens is not None else mu[:, 0]      # (rows, H)
+                h0 = h0 + mu0[..., None, None] * torch.einsum("brhp,brhn->bhpn", x0r, k0)
+        return Prepared(core, h0, k, phi, last, Bsz, L)
+
+    def finish(self, inputs: Mapping[str, Optional[torch.Tensor]], y: torch.Tensor, prep: Prepared) -> torch.Tensor:
+        """``out (batch, seqlen, heads, headdim)`` from the kernels' ``y (batch, slots, heads, headdim)``."""
+        if self.rank == 1:
+            return y
+        Bsz, L = prep.batch, prep.seqlen
+        yr = y.reshape(Bsz, L, self.rank, *y.shape[2:])
+        return (yr.float() * inputs["W_o"].transpose(0, 1).float()).sum(2).to(y.dtype)
+
+    def final_pieces(self, inputs: Mapping[str, Optional[torch.Tensor]], prep: Prepared,
+                     initial_state: Optional[Mapping[str, Any]], cu_seqlens: Optional[torch.Tensor]) -> dict[str, Any]:
+        """The final ``angle``, ``k`` and ``x`` states (rows first)."""
+        x = inputs["x"]
+        if cu_seqlens is None:
+            k_last = prep.k_rot[:, -1]
+            x_last = x[:, -1]
+            phi_last = None if prep.phi is None else prep.phi[:, -1]
+        else:
+            k_last = prep.k_rot[0, prep.last]
+            x_last = x[0, prep.last]
+            phi_last = None if prep.phi is None else prep.phi[0, prep.last]
+        rows, H = x_last.shape[0], x_last.shape[1]
+        if phi_last is None:
+            phi_last = x.new_zeros((rows, H, 0), dtype=torch.float32)
+        return {"angle": phi_last, "k": k_last if self.rank > 1 else k_last[:, 0], "x": x_last}
+
+    # -- forward / backward ----------------------------------------------------------------------
+    def _core_cu(self, cu_seqlens: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if cu_seqlens is None else cu_seqlens * self.rank
+
+    def forward(
+        self,
+        inputs: Mapping[str, Optional[torch.Tensor]],
+        *,
+        initial_state: Optional[Mapping[str, Any]] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+        return_final_state: bool = False,
+        save_for_backward: bool = False,
+    ) -> Mamba3Forward:
+        with torch.no_grad():
+            prep = self.prepare(inputs, initial_state, cu_seqlens)
+            fwd = self.core.forward(prep.core, initial_state=prep.h0, cu_seqlens=self._core_cu(cu_seqlens),
+                                    return_final_state=return_final_state, save_for_backward=save_for_backward)
+            out = self.finish(inputs, fwd.out, prep)
+            final = None
+            if return_final_state:
+                assert fwd.final_state is not None
+                final = {"ssm": fwd.final_state, **self.final_pieces(inputs, prep, initial_state, cu_seqlens)}
+        saved = {"core": fwd, "y": fwd.out} if save_for_backward else {}
+        return Mamba3Forward(out=out, final_state=final, saved=saved)
+
+    def __call__(self, inputs: Mapping[str, Optional[torch.Tensor]], **kwargs: Any):
+        fwd = self.forward(inputs, **kwargs)
+        return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
+
+    def backward(
+        self,
+        fwd: Mamba3Forward,
+        inputs: Mapping[str, Optional[torch.Tensor]],
+        grad_out: Optional[torch.Tensor],
+        grad_final_state: Optional[Mapping[str, Optional[torch.Tensor]]] = None,
+        *,
+        initial_state: Optional[Mapping[str, Any]] = None,
+        cu_seqlens: Optional[torch.Tensor] = None,
+    ) -> dict[str, Any]:
+        """Gradients of every present float input by name, and ``"initial_state"``: a dict of
+        the given state parts' gradients (or None). The kernels' gradients are chained through
+        :meth:`prepare`/:meth:`finish` by ``torch.autograd``."""
+        if "core" not in fwd.saved:
+            raise ValueError("backward needs the forward of forward(..., save_for_backward=True)")
+        gfs = dict(grad_final_state or {})
+        with torch.enable_grad():
+            leaves = {k: (v.detach().requires_grad_(True) if v is not None and v.is_floating_point() else v)
+                      for k, v in inputs.items()}
+            state_leaves = None
+            if initial_state is not None:
+                state_leaves = {k: (v.detach().requires_grad_(True) if v is not None else None)
+                                for k, v in initial_state.items()}
+            prep = self.prepare(leaves, state_leaves, cu_seqlens)
+            y = fwd.saved["y"].detach().requires_grad_(True)
+            out = self.finish(leaves, y, prep)
+            pieces = self.final_pieces(leaves, prep, state_leaves, cu_seqlens)
+
+            go = torch.zeros_like(out) if grad_out is None else grad_out.to(out.dtype)
+            if self.rank > 1:
+                dy, = torch.autograd.grad(out, [y], go, retain_graph=True)
+            else:
+                dy = go
+            core_in = {k: (None if v is None else v.detach()) for k, v in prep.core.items()}
+            h0 = None if prep.h0 is None else prep.h0.detach()
+            g = self.core.backward(fwd.saved["core"], core_in, dy.contiguous(), gfs.get("ssm"), initial_state=h0,
+                                   cu_seqlens=self._core_cu(cu_seqlens))
+
+            outs: list[torch.Tensor] = []
+            grads: list[torch.Tensor] = []
+            for key, t in prep.core.items():
+                if t is not None and t.requires_grad and g.get(key) is not None:
+                    outs.append(t)
+                    grads.append(g[key])
+            if prep.h0 is not None and prep.h0.requires_grad and g.get("initial_state") is not None:
+                outs.append(prep.h0)
+                grads.append(g["initial_state"])
+            if self.rank > 1:
+                outs.append(out)
+                grads.append(go)
+            for key in ("angle", "k", "x"):
+                gk = gfs.get(key)
+                if gk is not None and pieces[key].requires_grad and pieces[key].numel():
+                    outs.append(pieces[key])
+                    grads.append(gk.to(pieces[key].dtype))
+            want = [(k, v) for k, v in leaves.items() if v is not None and v.requires_grad]
+            want_state = [(k, v) for k, v in (state_leaves or {}).items() if v is not None]
+            targets = [v for _, v in want] + [v for _, v in want_state]
+            # y is not a leaf of the prepared graph: through `out` only W_o's share is new
+            found = torch.autograd.grad(outs, targets, grads, allow_unused=True) if outs else [None] * len(targets)
+        result: dict[str, Any] = {}
+        for (key, v), gv in zip(want, found[:len(want)]):
+            result[key] = torch.zeros_like(v) if gv is None else gv.to(v.dtype)
+        if state_leaves is not None:
+            result["initial_state"] = {
+                key: (None if v is None else (torch.zeros_like(v) if gv is None else gv.to(v.dtype)))
+                for (key, v), gv in zip(want_state, found[len(want):])
+            }
+        else:
+            result["initial_state"] = None
+        return result
