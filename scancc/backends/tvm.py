@@ -10,6 +10,11 @@ free names ``DSTATE``/``ODD_DSTATE`` (diagonal) or ``HEADDIM``/``DSTATE``/... (m
 bound when the text is parsed (:mod:`scancc.backends.tvm_runtime`), so each state size
 gets its own, fully unrolled/vectorised module.
 
+Gradients: diagonal programs have a fused adjoint kernel (``diag.py.j2``); matrix programs
+(SSD, GLA, Mamba-3) differentiate their per-token host pieces with torch and run the
+recurrence's adjoint as a TVM kernel (:mod:`scancc.backends.tvm_matrix_grad`). Both on
+``llvm`` only.
+
 Precision: the kernels compute in float32. fp16/bf16 inputs are converted to float32 on
 entry and the output is cast back to the input's dtype; gradients come back in each
 input's dtype. Complex quantities are complex64.
@@ -200,23 +205,26 @@ class TVMCompiledScan:
         initial_state: Optional[torch.Tensor] = None,
         cu_seqlens: Optional[torch.Tensor] = None,
     ) -> dict[str, Optional[torch.Tensor]]:
-        if not isinstance(self._plan, DiagPlan):
-            raise ValueError(f"the TVM backend has no backward for {self.program.family} programs "
-                             "(forward only); use the triton backend for their gradients")
-        from .tvm_diag import canonical_inputs, run_backward
-
         step = self.program.mode == "step"
         seq_inputs = self._seq_inputs(inputs)
         if step and grad_out is not None:
-            grad_out = grad_out.unsqueeze(2)
-        dstate = canonical_inputs(self._seq_program, self._plan, seq_inputs).dstate
+            grad_out = grad_out.unsqueeze(2 if self.program.layout == "channel" else 1)
         with torch.no_grad():
-            grads = run_backward(self._diag_module(dstate), self._plan, self._seq_program, fwd, seq_inputs, grad_out,
-                                 grad_final_state, initial_state=initial_state, cu_seqlens=cu_seqlens)
+            if isinstance(self._plan, DiagPlan):
+                from .tvm_diag import canonical_inputs, run_backward
+
+                dstate = canonical_inputs(self._seq_program, self._plan, seq_inputs).dstate
+                grads = run_backward(self._diag_module(dstate), self._plan, self._seq_program, fwd, seq_inputs,
+                                     grad_out, grad_final_state, initial_state=initial_state, cu_seqlens=cu_seqlens)
+            else:
+                from .tvm_matrix_grad import run_backward as run_matrix_backward
+
+                grads = run_matrix_backward(self, self._plan, self._seq_program, seq_inputs, grad_out,
+                                            grad_final_state, initial_state=initial_state, cu_seqlens=cu_seqlens)
         if step:
             for name, g in grads.items():
                 src = inputs.get(name)
-                if g is not None and src is not None and g.dim() != src.dim():
+                if isinstance(g, torch.Tensor) and src is not None and g.dim() != src.dim():
                     grads[name] = g.reshape(src.shape)
         return grads
 

@@ -102,6 +102,7 @@ class MatrixPlan:
     rotary: Optional[str]   # None, "interleaved" or "halves"
     qk_bias: bool
     rank: int
+    tile: int = 16      # steps between state checkpoints of the gradient's core recurrence
 
     @classmethod
     def of(cls, program: Program, schedule: Schedule) -> "MatrixPlan":
@@ -115,6 +116,7 @@ class MatrixPlan:
             rotary=None if rot is None else rot.pairing,
             qk_bias=rot is not None and rot.bias,
             rank=program.input.rank,
+            tile=schedule.block_l or 16,
         )
 
 
