@@ -15,7 +15,7 @@ from typing import Any, Optional, TextIO
 from .. import cli as scancc_cli
 from ..ir import PRESETS
 from .cache import ScheduleCache
-from .problem import parse_dtype, parse_shape
+from .problem import SHAPE_PRESETS, parse_dtype, parse_shape
 from .search import OK, Trial
 from .select import tune_and_store
 from .tuner import STRATEGIES, format_table, format_time, tune
@@ -74,6 +74,9 @@ class ProgressLine:
 # -- tune ---------------------------------------------------------------------------------------
 def _cmd_tune(args: argparse.Namespace) -> int:
     program = scancc_cli.load_program(args.program, args.set)
+    if args.step:
+        program = program.as_step()
+    pin = scancc_cli.parse_settings(args.pin, "--pin")
     try:
         shapes = parse_shape(args.shape)
         dtype = parse_dtype(args.dtype)
@@ -83,7 +86,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     progress = ProgressLine()
     options = dict(dtype=dtype, device=device, budget=args.budget, trials=args.trials, strategy=args.strategy,
                    warmup=args.warmup, repeats=args.repeats, seed=args.seed, reference=args.reference,
-                   progress=progress)
+                   progress=progress, pin=pin or None)
     try:
         if args.no_save:
             result = tune(program, args.backend, shapes, **options)  # type: ignore[arg-type]
@@ -161,7 +164,13 @@ def add_tune_commands(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
     p.add_argument("program", help=f"a preset ({', '.join(PRESETS)}) or a program .json file")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a preset keyword argument, e.g. --set complex=true (repeatable)")
-    p.add_argument("--shape", required=True, help="dimensions, e.g. batch=4,dim=5120,dstate=16,seqlen=4096")
+    p.add_argument("--shape", required=True,
+                   help="dimensions, e.g. batch=4,dim=5120,dstate=16,seqlen=4096, or a named shape: "
+                        + ", ".join(f"{k} ({v})" for k, v in SHAPE_PRESETS.items()))
+    p.add_argument("--step", action="store_true",
+                   help="tune the program's single-token (decode) form; the state is updated on private copies")
+    p.add_argument("--pin", action="append", default=[], metavar="FIELD=VALUE",
+                   help="hold a schedule field fixed, e.g. --pin chunk=256 for the SSD op's chunk_size (repeatable)")
     p.add_argument("--backend", default="triton")
     p.add_argument("--dtype", default="fp32", help="activation dtype: fp32, bf16, fp16")
     p.add_argument("--budget", type=parse_duration, default=60.0, help="wall-clock budget, e.g. 60s, 5m (default 60s)")

@@ -34,16 +34,29 @@ def parse_dtype(dtype: DtypeLike) -> torch.dtype:
 
 _SHAPE_ITEM = re.compile(r"^\s*([a-z_]+)\s*=\s*(\d+)\s*$")
 
+SHAPE_PRESETS: dict[str, str] = {
+    "mamba1": "batch=4,dim=5120,dstate=16,seqlen=4096",          # selective scan, Mamba-1 2.8B-like layer
+    "scan": "batch=8,dim=1536,seqlen=4096",                      # first-order scan (linear preset)
+    "mamba2": "batch=4,seqlen=4096,heads=80,headdim=64,dstate=128,groups=1",  # SSD, Mamba-2 2.7B-like layer
+    "mamba1-decode": "batch=16,dim=5120,dstate=16",              # one token of the Mamba-1 layer
+    "mamba2-decode": "batch=16,heads=80,headdim=64,dstate=128,groups=1",  # one token of the Mamba-2 layer
+}
+"""Named shapes ``parse_shape`` accepts in place of ``name=int,...`` (the benchmarks' anchors)."""
+
 
 def parse_shape(text: str) -> dict[str, int]:
-    """``"batch=4,dim=5120,dstate=16,seqlen=4096"`` → ``{"batch": 4, ...}``."""
+    """``"batch=4,dim=5120,dstate=16,seqlen=4096"`` (or a :data:`SHAPE_PRESETS` name such as
+    ``"mamba1"``) → ``{"batch": 4, ...}``."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"shape must be a non-empty 'name=int,...' string, got {text!r}")
+        raise ValueError(f"shape must be a non-empty 'name=int,...' string or one of {sorted(SHAPE_PRESETS)}, "
+                         f"got {text!r}")
+    text = SHAPE_PRESETS.get(text.strip(), text)
     out: dict[str, int] = {}
     for item in text.split(","):
         m = _SHAPE_ITEM.match(item)
         if m is None:
-            raise ValueError(f"shape items must look like 'seqlen=4096', got {item.strip()!r} in {text!r}")
+            raise ValueError(f"shape items must look like 'seqlen=4096' (or the shape be one of "
+                             f"{sorted(SHAPE_PRESETS)}), got {item.strip()!r} in {text!r}")
         if m.group(1) in out:
             raise ValueError(f"shape names {m.group(1)!r} twice in {text!r}")
         out[m.group(1)] = int(m.group(2))
@@ -91,7 +104,8 @@ class Problem:
         if "rank" in need:
             dims.setdefault("rank", program.input.rank)
             if dims["rank"] != program.input.rank:
-                raise ValueError(f"shapes['rank'] must equal the program's rank {program.input.rank}, got {dims['rank']}")
+                raise ValueError(f"shapes['rank'] must equal the program's rank {program.input.rank}, "
+                                 f"got {dims['rank']}")
         if "pairs" in need and "dstate" in dims:
             dims.setdefault("pairs", max(1, dims["dstate"] // 4))
         missing = [d for d in need if d not in dims]
@@ -100,7 +114,8 @@ class Problem:
         if "groups" in dims:
             owner = "heads" if "heads" in dims else "dim"
             if dims[owner] % dims["groups"]:
-                raise ValueError(f"shapes['{owner}']={dims[owner]} must be a multiple of shapes['groups']={dims['groups']}")
+                raise ValueError(f"shapes['{owner}']={dims[owner]} must be a multiple of "
+                                 f"shapes['groups']={dims['groups']}")
         if "pairs" in dims and 2 * dims["pairs"] > dims["dstate"]:
             raise ValueError(f"shapes['pairs']={dims['pairs']} must be at most dstate/2 = {dims['dstate'] // 2}")
         return cls(program, tuple(sorted(dims.items())), parse_dtype(dtype))

@@ -89,6 +89,23 @@ def oracle_reference(program: Program) -> Reference:
     return run
 
 
+def advance_state(kernel: CompiledScan, inputs: dict[str, torch.Tensor], state: torch.Tensor) -> torch.Tensor:
+    """One decode step that leaves the new state in ``state`` (a private copy); returns ``out``.
+
+    A kernel with an in-place entry point ``advance(inputs, state) -> out`` (the decode
+    kernels that ``selective_state_update`` launches) is timed as it runs in a model;
+    otherwise ``forward`` from ``state`` and the final state copied back.
+    """
+    advance = getattr(kernel, "advance", None)
+    if callable(advance):
+        return advance(inputs, state)
+    fwd = kernel.forward(inputs, initial_state=state, return_final_state=True)
+    if fwd.final_state is None:
+        raise RuntimeError(f"{type(kernel).__name__}.forward(return_final_state=True) returned no final state")
+    state.copy_(fwd.final_state)
+    return fwd.out
+
+
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0] if text else type(exc).__name__
@@ -127,8 +144,9 @@ class Evaluator:
     # -- running ------------------------------------------------------------------------
     def _call(self, kernel: CompiledScan, i: int) -> Outputs:
         inputs, state = self.buffers[i]
-        fwd = kernel.forward(inputs, initial_state=state)
-        return fwd.out, state
+        if state is None:
+            return kernel.forward(inputs).out, None
+        return advance_state(kernel, inputs, state), state
 
     def _expected_outputs(self) -> Outputs:
         if self._expected is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -71,10 +71,23 @@ def tuning_blocked() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
-def cache_key(problem: Problem, backend: Backend, limits: DeviceLimits) -> CacheKey:
+def pin_items(pin: Optional[Mapping[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """``pin`` as sorted ``(field, value)`` pairs (empty for ``None``)."""
+    if pin is None:
+        return ()
+    if not isinstance(pin, Mapping):
+        raise TypeError(f"pin must be a mapping of schedule field to value, got {type(pin).__name__}")
+    return tuple(sorted(pin.items()))
+
+
+def cache_key(problem: Problem, backend: Backend, limits: DeviceLimits,
+              pin: Optional[Mapping[str, Any]] = None) -> CacheKey:
+    """The key of ``problem`` on ``backend`` and this device; pinned schedule fields are part
+    of the bucket (``"... bf16 chunk=256"``), so schedules tuned under different pins never mix."""
+    bucket = " ".join([shape_bucket(problem), *(f"{k}={v}" for k, v in pin_items(pin))])
     return CacheKey(device=limits.name, arch=limits.arch, backend=backend.name,
                     backend_version=backend_version(backend), scancc_version=SCANCC_VERSION,
-                    program=problem.program.hash, bucket=shape_bucket(problem))
+                    program=problem.program.hash, bucket=bucket)
 
 
 def record_of(result: TuneResult, key: CacheKey) -> Record:
@@ -101,7 +114,8 @@ def tune_and_store(
     result = tune(program, be, shapes, dtype=dtype, device=device, **tune_options)  # type: ignore[arg-type]
     if result.best.status == "ok":
         store = cache if cache is not None else ScheduleCache()
-        store.put([record_of(result, cache_key(result.problem, be, result.device))])
+        pin = tune_options.get("pin")
+        store.put([record_of(result, cache_key(result.problem, be, result.device, pin))])  # type: ignore[arg-type]
         clear_memo()
     return result
 
@@ -112,6 +126,7 @@ def best_schedule(
     shapes: Mapping[str, int],
     device: DeviceLike = None,
     dtype: DtypeLike = "fp32",
+    pin: Optional[Mapping[str, Any]] = None,
 ) -> Schedule:
     """The schedule to launch ``program`` with on ``backend`` at ``shapes``.
 
@@ -120,7 +135,10 @@ def best_schedule(
     shipped defaults, and finally ``backend.default_schedule(program)``. A stored schedule
     is used only if it satisfies the search space's constraints at these exact shapes.
     ``shapes`` maps the program's symbolic dimensions to sizes (see :class:`Problem`).
+    ``pin`` holds schedule fields the caller fixes (``{"chunk": 256}``): the answer always has
+    them, and only schedules tuned under the same pin are looked up.
     """
+    pins = pin_items(pin)
     name = backend if isinstance(backend, str) else backend.name
     device_token: object = device
     current = device is None or device == "cuda"
@@ -128,30 +146,30 @@ def best_schedule(
         # "the current device": which one that is belongs in the key
         device_token = (device, torch.cuda.current_device()) if torch.cuda.is_initialized() else device
     tune_on_miss = autotune_enabled()
-    memo_key = (program.hash, name, tuple(sorted(shapes.items())), device_token, dtype, tune_on_miss)
+    memo_key = (program.hash, name, tuple(sorted(shapes.items())), device_token, dtype, tune_on_miss, pins)
     hit = _MEMO.get(memo_key)
     if hit is not None:
         return hit
-    schedule, final = _resolve(program, backend, shapes, device, dtype, tune_on_miss)
+    schedule, final = _resolve(program, backend, shapes, device, dtype, tune_on_miss, dict(pins))
     if final:
         _MEMO[memo_key] = schedule
     return schedule
 
 
 def _resolve(program: Program, backend: BackendLike, shapes: Mapping[str, int], device: DeviceLike,
-             dtype: DtypeLike, tune_on_miss: bool) -> tuple[Schedule, bool]:
+             dtype: DtypeLike, tune_on_miss: bool, pin: dict[str, Any]) -> tuple[Schedule, bool]:
     """The schedule, and whether it may be memoised."""
     be = resolve_backend(backend)
     problem = Problem.make(program, shapes, dtype)
     dev = resolve_device(device)
     limits = DeviceLimits.from_torch(dev)
-    default = be.default_schedule(program)
+    default = be.default_schedule(program).replace(**pin)
     space = space_for_default(program, be.name, default)
-    key = cache_key(problem, be, limits)
+    key = cache_key(problem, be, limits, pin)
 
     def usable(record: Optional[Record]) -> bool:
-        return (record is not None and space.admits(record.schedule, problem, limits)
-                and be.supports(program, record.schedule))
+        return (record is not None and all(getattr(record.schedule, k) == v for k, v in pin.items())
+                and space.admits(record.schedule, problem, limits) and be.supports(program, record.schedule))
 
     record = ScheduleCache().lookup(key)
     if usable(record):
@@ -161,7 +179,8 @@ def _resolve(program: Program, backend: BackendLike, shapes: Mapping[str, int], 
         return (shipped.schedule if usable(shipped) else default), False  # type: ignore[union-attr]
     if tune_on_miss:
         try:
-            result = tune_and_store(program, be, shapes, dtype=dtype, device=dev, budget=_budget_seconds())
+            result = tune_and_store(program, be, shapes, dtype=dtype, device=dev, budget=_budget_seconds(),
+                                    pin=pin or None)
         except Exception as exc:  # noqa: BLE001 - a failed tuning must not take the model down
             warnings.warn(f"autotuning {problem.describe()} on {be.name} failed ({type(exc).__name__}: {exc}); "
                           "using the default schedule", AutotuneWarning, stacklevel=3)

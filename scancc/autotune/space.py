@@ -13,11 +13,16 @@ their templates::
         return SearchSpace(default, {"block_l": (64, 128, 256), "num_warps": (2, 4, 8)}, (...))
 
 Providers registered later are asked first; the first one to return a space wins, and
-:func:`generic_space` answers when none does.
+:func:`generic_space` answers when none does. A backend registers its providers when its
+module is imported, or in a sibling module ``scancc/backends/<backend>_space.py`` that
+:func:`space_for_default` imports the first time the backend's space is asked for (so a
+new backend, e.g. ``cuda``, declares its space by adding ``cuda_space.py``).
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import itertools
 import math
 from dataclasses import dataclass, fields
@@ -71,7 +76,8 @@ class SearchSpace:
         clean: list[tuple[str, tuple[Any, ...]]] = []
         for name, values in params.items():
             if name not in _SCHEDULE_FIELDS:
-                raise ValueError(f"search parameter {name!r} is not a Schedule field; expected one of {_SCHEDULE_FIELDS}")
+                raise ValueError(f"search parameter {name!r} is not a Schedule field; "
+                                 f"expected one of {_SCHEDULE_FIELDS}")
             values = tuple(values)
             if not values:
                 raise ValueError(f"search parameter {name!r} has no candidate values")
@@ -125,6 +131,26 @@ class SearchSpace:
                 feasible.append(point)
         return Pruned(tuple(feasible), rejected, total)
 
+    def pinned(self, **fixed: Any) -> "SearchSpace":
+        """The same space with the named fields held at the given values (dropped from the
+        search, set in the base): e.g. ``space.pinned(chunk=256)`` when a caller fixes the chunk."""
+        for name, value in fixed.items():
+            if name not in _SCHEDULE_FIELDS:
+                raise ValueError(f"pinned field {name!r} is not a Schedule field; expected one of {_SCHEDULE_FIELDS}")
+            try:
+                self.base.replace(**{name: value})
+            except IRValidationError as exc:
+                raise ValueError(f"pinned {name}={value!r} is not a valid schedule value: {exc}") from None
+        params = {n: v for n, v in self.params if n not in fixed}
+        return SearchSpace(self.base.replace(**fixed), params, self.constraints)
+
+    def restricted(self, **values: Any) -> "SearchSpace":
+        """The same space searching only the given candidate values of the named fields (a smaller
+        grid for an exhaustive reference search); a field not searched before is added."""
+        params = {n: v for n, v in self.params}
+        params.update({n: tuple(v) for n, v in values.items()})
+        return SearchSpace(self.base, params, self.constraints)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{n}={list(v)}" for n, v in self.params)
         return f"SearchSpace({self.base.algorithm}: {params}; {len(self.constraints)} constraints, {self.size} points)"
@@ -132,6 +158,9 @@ class SearchSpace:
 
 # -- registration ------------------------------------------------------------------------
 _PROVIDERS: dict[str, list[SpaceProvider]] = {}
+_DISCOVERED: set[str] = set()
+SPACE_MODULE = "scancc.backends.{backend}_space"
+"""Where a backend may declare its spaces; imported once, the first time they are asked for."""
 
 
 def register_space(backend: str, provider: Optional[SpaceProvider] = None) -> Any:
@@ -156,8 +185,30 @@ def unregister_space(backend: str, provider: SpaceProvider) -> None:
     _PROVIDERS.get(backend, []).remove(provider)
 
 
+def discover(backend: str) -> None:
+    """Import ``scancc.backends.<backend>_space`` once, if there is such a module (it registers
+    the backend's providers). A module that exists but fails to import is an error."""
+    if backend in _DISCOVERED:
+        return
+    _DISCOVERED.add(backend)
+    if not backend.isidentifier():
+        return
+    name = SPACE_MODULE.format(backend=backend)
+    try:
+        found = importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        found = False
+    if found:
+        try:
+            importlib.import_module(name)
+        except BaseException:
+            _DISCOVERED.discard(backend)
+            raise
+
+
 def space_for_default(program: Program, backend: str, default: Schedule) -> SearchSpace:
     """The space the backend's providers declare for ``program``, else :func:`generic_space`."""
+    discover(backend)
     for provider in reversed(_PROVIDERS.get(backend, [])):
         space = provider(program, default)
         if space is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -124,6 +124,7 @@ def tune(
     exhaustive_limit: int = 64,
     progress: Optional[Progress] = None,
     clock: Callable[[], float] = time.monotonic,
+    pin: Optional[Mapping[str, Any]] = None,
 ) -> TuneResult:
     """Find the fastest correct schedule of ``program`` on ``backend`` at ``shapes``.
 
@@ -137,6 +138,9 @@ def tune(
     defeat the L2 cache. Each candidate's output is first checked against ``reference``:
     ``"default"`` (the default schedule's output), ``"oracle"`` (the float64 sequential
     oracle, slow at large shapes) or a callable ``(inputs, state) -> (out, state)``.
+    ``pin`` holds schedule fields at given values, for callers that fix them (the SSD op's
+    ``chunk_size``): they leave the search and replace the default's. Step (decode)
+    programs update private copies of the state in place, never the caller's.
     Results are not stored; see :func:`scancc.autotune.tune_and_store`.
     """
     if strategy not in STRATEGIES:
@@ -160,6 +164,9 @@ def tune(
     limits = limits if limits is not None else DeviceLimits.from_torch(dev)
     default = be.default_schedule(program)
     space = space if space is not None else space_for_default(program, be.name, default)
+    if pin:
+        space = space.pinned(**pin)
+        default = default.replace(**pin)
     pruned = space.prune(problem, limits)
     candidates = [s for s in pruned.feasible if s != default]
 

@@ -161,11 +161,34 @@ class TritonStep:
             raise ValueError(f"{self.program.name}: a step-mode program takes no cu_seqlens")
         if save_for_backward:
             raise ValueError(f"{self.program.name}: step-mode programs have no backward")
+        x = inputs.get("u") if self.program.layout == "channel" else inputs.get("x")
+        if x is None:
+            raise ValueError(f"{self.program.name}: input {'u' if self.program.layout == 'channel' else 'x'!r} "
+                             "is required")
+        state = torch.zeros(self.state_shape(inputs), dtype=torch.float32, device=x.device)
+        if initial_state is not None:
+            state.copy_(initial_state)
+        out = self.advance(inputs, state)
+        return ScanForward(out=out, final_state=state if return_final_state else None)
+
+    def state_shape(self, inputs: Mapping[str, Optional[torch.Tensor]]) -> tuple[int, ...]:
+        """``program.state_dims()`` at these inputs: ``(batch, dim, dstate)`` in the channel layout,
+        ``(batch, heads, headdim, dstate)`` in the head layout."""
+        if self.program.layout == "channel":
+            u, A = inputs["u"], inputs["A"]
+            assert u is not None and A is not None
+            return (u.shape[0], u.shape[1], A.shape[1])
+        x, B = inputs["x"], inputs["B"]
+        assert x is not None and B is not None
+        return (*x.shape, B.shape[2])
+
+    def advance(self, inputs: Mapping[str, Optional[torch.Tensor]], state: torch.Tensor) -> torch.Tensor:
+        """One token of ``program.tensors()`` inputs; ``state`` (float32, contiguous,
+        :meth:`state_shape`) is updated in place. Returns ``out`` (``u``'s or ``x``'s shape)."""
         get = inputs.get
         if self.program.layout == "channel":
             x = get("u")
             batch, dim = x.shape
-            dstate = get("A").shape[1]
             B, C = get("B"), get("C")
             groups = B.shape[1]
             split = (groups, dim // groups)
@@ -173,7 +196,6 @@ class TritonStep:
             A4 = get("A").unflatten(0, split)
             vec = {k: (None if get(k) is None else get(k).unflatten(0, split)) for k in ("D", "delta_bias")}
             z4 = None if get("z") is None else get("z").unflatten(1, split)
-            state_shape = (batch, dim, dstate)
             D4, bias4 = vec["D"], vec["delta_bias"]
         else:
             x4 = get("x")
@@ -187,14 +209,13 @@ class TritonStep:
             bias = get("dt_bias")
             bias4 = None if bias is None else bias[:, None].expand(heads, headdim)
             z4 = get("z")
-            state_shape = (batch, heads, headdim, dstate)
-        state = torch.zeros(state_shape, dtype=torch.float32, device=x4.device)
-        if initial_state is not None:
-            state.copy_(initial_state)
+        want = self.state_shape(inputs)
+        if tuple(state.shape) != want or state.dtype != torch.float32 or not state.is_contiguous():
+            raise ValueError(f"{self.program.name}: state must be a contiguous float32 tensor of shape {want}, "
+                             f"got {state.dtype} {tuple(state.shape)}")
         out = torch.empty(x4.shape, dtype=x4.dtype, device=x4.device)
-        self.update(state.view(x4.shape + (dstate,)), x4, dt4, A4, B, C, D4, z4, bias4, None, out)
-        out = out.reshape(state_shape[:-1])
-        return ScanForward(out=out, final_state=state if return_final_state else None)
+        self.update(state.view(x4.shape + (want[-1],)), x4, dt4, A4, B, C, D4, z4, bias4, None, out)
+        return out.reshape(want[:-1])
 
     def backward(self, *args: Any, **kwargs: Any) -> dict[str, Optional[torch.Tensor]]:
         raise ValueError(f"{self.program.name}: step-mode programs have no backward (decode only)")

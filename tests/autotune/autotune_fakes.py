@@ -83,10 +83,11 @@ class FakeKernel:
             raise RuntimeError("fake launch failure")
         owner.clock.advance(owner.cost(self.schedule))
         a, x = inputs["a"], inputs["x"]
-        if self.program.mode == "step":  # in place: h ← a·h + x, out = h
+        final = None
+        if self.program.mode == "step":  # h ← a·h + x, out = h; the caller's state is left alone
             assert initial_state is not None
-            initial_state.mul_(a.float().unsqueeze(-1)).add_(x.float().unsqueeze(-1))
-            out = initial_state[..., 0].to(x.dtype).clone()
+            final = initial_state * a.float().unsqueeze(-1) + x.float().unsqueeze(-1)
+            out = final[..., 0].to(x.dtype)
         else:
             out = _scan(a, x)
         if self.schedule in owner.wrong:
@@ -94,7 +95,7 @@ class FakeKernel:
         if self.schedule in owner.nan:
             out = out.clone()
             out.view(-1)[0] = float("nan")
-        return ScanForward(out)
+        return ScanForward(out, final_state=final if return_final_state else None)
 
     def backward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise RuntimeError("the fake kernel has no backward")

@@ -33,7 +33,8 @@ def _key(program: str = "p0", bucket: str = "seqlen<=64 rows<=8 fp32", device: s
 
 def _record(i: int = 0, **key: str) -> Record:
     return Record(_key(program=f"p{i}", **key), Schedule(block_l=64 << (i % 4), num_warps=4), time_s=1e-3,
-                  default_time_s=2e-3, shape={"seqlen": 64}, program_name="linear_scan", tuned_at="2026-01-01T00:00:00Z")
+                  default_time_s=2e-3, shape={"seqlen": 64}, program_name="linear_scan",
+                  tuned_at="2026-01-01T00:00:00Z")
 
 
 def test_shape_buckets_round_seqlen_and_rows_up_to_powers_of_two() -> None:

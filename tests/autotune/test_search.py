@@ -53,7 +53,8 @@ def test_default_wins_when_nothing_beats_it() -> None:
 
 def test_correctness_gate_rejects_wrong_candidates_before_timing() -> None:
     wrong, nan = BEST, Schedule(block_l=512, num_warps=4, num_stages=3)
-    broken, crashing = Schedule(block_l=1024, num_warps=4, num_stages=2), Schedule(block_l=256, num_warps=4, num_stages=2)
+    broken = Schedule(block_l=1024, num_warps=4, num_stages=2)
+    crashing = Schedule(block_l=256, num_warps=4, num_stages=2)
     be = FakeBackend(wrong={wrong}, nan={nan}, compile_fail={broken}, launch_fail={crashing})
     space = SearchSpace(be.default, {"block_l": (256, 512, 1024), "num_warps": (4,), "num_stages": (1, 2, 3)})
     result = _tune(be, space=space)
@@ -191,7 +192,8 @@ def test_rel_l2_and_gate_tolerance() -> None:
     assert rel_l2(ref * 1.001, ref) == pytest.approx(1e-3, rel=1e-4)
     assert math.isinf(rel_l2(torch.tensor([1.0, float("nan"), 1.0, 1.0]), ref))
     assert math.isinf(rel_l2(torch.ones(3), ref))
-    assert gate_tolerance(torch.bfloat16, against_oracle=False) == 2 * gate_tolerance(torch.bfloat16, against_oracle=True)
+    kernels = gate_tolerance(torch.bfloat16, against_oracle=False)
+    assert kernels == 2 * gate_tolerance(torch.bfloat16, against_oracle=True)
 
 
 def test_bad_arguments() -> None:
