@@ -11,6 +11,7 @@ from .base import Backend
 BACKENDS: dict[str, str] = {
     "triton": "scancc.backends.triton:TritonBackend",
     "tvm": "scancc.backends.tvm:TVMBackend",
+    "cuda": "scancc.backends.cuda:CUDABackend",
 }
 
 
@@ -18,7 +19,7 @@ def known_backends() -> tuple[str, ...]:
     return tuple(BACKENDS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_backend(name: str) -> Backend:
     """The backend called ``name``; ``ValueError`` naming the known ones if there is none.
 
