@@ -199,15 +199,12 @@ class Mamba3Scan:
             firsts = torch.zeros((Bsz,), device=dev, dtype=torch.int64)
         else:
             cu = cu_seqlens.to(device=dev, dtype=torch.int64)
-            lens = cu[1:] - cu[:-1]
             starts = torch.zeros((1, L + 1), dtype=torch.bool, device=dev)
             starts[0, cu[:-1]] = True
             starts = starts[:, :L]
             seq_of = (torch.searchsorted(cu[1:], torch.arange(L, device=dev), right=True))[None]
             last = cu[1:] - 1
             firsts = cu[:-1]
-            if bool((lens < 1).any()):
-                raise ValueError(f"{p.name}: every sequence of cu_seqlens needs at least one token")
         is_last = torch.zeros_like(starts)
         is_last[:, :-1] = starts[:, 1:]
         is_last[:, -1] = True

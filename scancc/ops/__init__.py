@@ -36,9 +36,10 @@ Conventions shared by all ops:
 from .decode import selective_state_update
 from .linear import linear_scan
 from .lti import lti_scan
+from .mamba3 import mamba3_mimo, mamba3_siso_combined, mamba3_step
 from .registry import run_program
 from .selective import selective_scan_fn
 from .ssd import mamba_chunk_scan_combined
 
-__all__ = ["linear_scan", "lti_scan", "mamba_chunk_scan_combined", "run_program", "selective_scan_fn",
-           "selective_state_update"]
+__all__ = ["linear_scan", "lti_scan", "mamba3_mimo", "mamba3_siso_combined", "mamba3_step", "mamba_chunk_scan_combined",
+           "run_program", "selective_scan_fn", "selective_state_update"]

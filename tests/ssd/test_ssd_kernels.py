@@ -170,7 +170,7 @@ def test_the_triton_backend_lowers_ssd_and_refuses_what_it_cannot_run() -> None:
     assert schedule.algorithm == "ssd_chunked" and backend.supports(program, schedule)
     kernel = compiler.compile(program, backend="triton", schedule=schedule.replace(chunk=32))
     assert isinstance(kernel, triton_ssd.SSDScan)
-    for other in (ir.mamba3(), ir.gla(), ir.ssd().as_step()):
+    for other in (ir.gla(), ir.ssd().as_step()):  # Mamba-3: tests/mamba3
         assert not backend.supports(other, schedule)
     for bad, why in ((Schedule(algorithm="chunked_scan"), "ssd_chunked"),
                      (schedule.replace(block_n=16), "block_n"),

@@ -1,0 +1,208 @@
+"""Mamba-3 ops against the float64 oracle (Triton interpreter on CPU): every option, gradients,
+the equivalences of recurrences.md §4, decode against the chunked form, and bad arguments."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from m3_cases import DEVICE, STATES, Case, fwd_tol
+
+from scancc import oracle
+from scancc.ops import mamba3_mimo, mamba3_siso_combined, mamba3_step, mamba_chunk_scan_combined
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "oracle"))
+from test_oracle_equivalences import complex_diagonal_mamba3  # noqa: E402
+
+GRAD_TOL = 1e-4
+
+
+def close(what: str, got: object, want: object, tol: float) -> None:
+    err = oracle.rel_l2(got, want)
+    assert err <= tol, f"{what}: rel L2 {err:.3g} > {tol:.3g}"
+
+
+def check_case(case: Case) -> None:
+    out = case.run(case.args(), case.state_args())
+    ref, ref_state = case.reference()
+    tol = fwd_tol(case.dtype)
+    close("out", out[0], ref, tol)
+    for name, got in zip(STATES, out[1:]):
+        if name == "angle":
+            got = torch.exp(1j * got.double())       # compare angles on the circle (mod 2π)
+            close("final angle", got, torch.exp(1j * ref_state[name].double()), tol)
+        else:
+            close(f"final {name}", got, ref_state[name], tol)
+
+
+@settings(max_examples=14, deadline=None)
+@given(rank=st.sampled_from([1, 1, 2, 4]), seqlen=st.integers(1, 40), chunk=st.sampled_from([16, 32]),
+       heads_qk=st.sampled_from([1, 2]), headdim=st.sampled_from([4, 6]), dstate=st.sampled_from([8, 16]),
+       pair_frac=st.sampled_from([0.0, 0.5, 1.0]), bias=st.booleans(), D=st.booleans(), z=st.booleans(),
+       states=st.booleans(), varlen=st.booleans(), seed=st.integers(0, 2**16))
+def test_ops_match_oracle(rank: int, seqlen: int, chunk: int, heads_qk: int, headdim: int, dstate: int,
+                          pair_frac: float, bias: bool, D: bool, z: bool, states: bool, varlen: bool, seed: int) -> None:
+    cu = None
+    if varlen and seqlen >= 3:
+        cuts = sorted(np.random.default_rng(seed).choice(np.arange(1, seqlen), 2, replace=False).tolist())
+        cu = [0, *cuts, seqlen]
+    case = Case(batch=1 if cu else 2, seqlen=seqlen, heads=2, heads_qk=heads_qk, headdim=headdim, dstate=dstate,
+                pairs=int(pair_frac * dstate // 2), rank=rank, chunk=chunk, bias=bias, D=D, z=z, states=states,
+                cu_seqlens=cu, seed=seed)
+    check_case(case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype: torch.dtype) -> None:
+    check_case(Case(seqlen=40, dtype=dtype, heads=4, heads_qk=2))
+
+
+@pytest.mark.parametrize("case", [
+    Case(seqlen=40, chunk=16),
+    Case(seqlen=33, chunk=16, pairs=2, heads=4, heads_qk=2, headdim=6),
+    Case(batch=1, seqlen=40, chunk=16, cu_seqlens=[0, 7, 25, 40]),
+    Case(seqlen=24, chunk=16, rank=2, states=True),
+    Case(batch=1, seqlen=30, chunk=16, rank=4, cu_seqlens=[0, 13, 30], D=False, z=False, bias=False),
+], ids=["siso", "siso_partial_rotary_gqa", "siso_varlen", "mimo2", "mimo4_varlen"])
+def test_gradients_match_oracle_autograd(case: Case) -> None:
+    args = case.args(requires_grad=True)
+    states = case.state_args(requires_grad=True)
+    out = case.run(args, states)
+    args64 = case.args(requires_grad=True, dtype=torch.float64)
+    states64 = case.state_args(requires_grad=True, dtype=torch.float64)
+    ref, ref_state = case.reference(args64, states64)
+    gen = torch.Generator().manual_seed(1)
+    g_out = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    g_states = [torch.randn(ref_state[k].shape, generator=gen, dtype=torch.float64) for k in STATES]
+    loss64 = (ref * g_out).sum() + sum((ref_state[k] * g).sum() for k, g in zip(STATES, g_states))
+    loss = (out[0].double() * g_out).sum() + sum((o.double() * g).sum() for o, g in zip(out[1:], g_states))
+    names = [k for k, v in args.items() if v is not None]
+    leaves = [args[k] for k in names] + list(states or ())
+    leaves64 = [args64[k] for k in names] + list(states64 or ())
+    got = torch.autograd.grad(loss, leaves)
+    want = [torch.zeros_like(v) if w is None else w            # W_z without Z takes no part
+            for v, w in zip(leaves64, torch.autograd.grad(loss64, leaves64, allow_unused=True))]
+    labels = names + [f"state {k}" for k in (STATES if states else ())]
+    for label, g, w in zip(labels, got, want):
+        close(f"d{label}", g, w, GRAD_TOL)
+
+
+def test_reduces_to_ssd_when_lambda_is_one_without_rotation() -> None:
+    """λ ≡ 1 (trap → +∞), no angles, no biases: Mamba-3 is SSD with Δ·A = ADT."""
+    case = Case(seqlen=40, pairs=0, bias=False, states=False, heads=4, heads_qk=2)
+    a = case.args()
+    A = -torch.rand(case.heads, dtype=torch.float64) - 0.2
+    DT = a["DT"].double()
+    ADT = (DT * A[None, :, None]).float()
+    Trap = torch.full_like(a["Trap"], 1e4)
+    out = mamba3_siso_combined(a["Q"], a["K"], a["V"], ADT, a["DT"], Trap, None, None, a["Angles"], a["D"], a["Z"],
+                               chunk_size=16)
+    want = mamba_chunk_scan_combined(a["V"], a["DT"].transpose(1, 2), A.float(), a["K"], a["Q"], 16, D=a["D"], z=a["Z"])
+    close("Mamba-3 (λ ≡ 1) vs SSD op", out, want, 1e-5)
+
+
+@pytest.mark.parametrize("pairs", [1, 4])
+def test_rotary_equals_complex_diagonal(pairs: int) -> None:
+    case = Case(seqlen=30, pairs=pairs, states=False, heads=2, heads_qk=1)
+    out = case.run(case.args(), None, final=False)
+    inputs = {k: v for k, v in case.arrays.items()}
+    close("rotary vs complex diagonal", out, complex_diagonal_mamba3(inputs, "interleaved"), fwd_tol(torch.float32))
+
+
+def test_mimo_rank_one_equals_siso() -> None:
+    """MIMO pairs (i, i + N/2); SISO (2i, 2i+1): the same problem with the key dims permuted."""
+    case = Case(seqlen=30, states=True, heads=2, heads_qk=1, dstate=8)
+    a = case.args()
+    states = case.state_args()
+    N = case.dstate
+    perm = torch.cat([torch.arange(0, N, 2), torch.arange(1, N, 2)])     # interleaved → halves
+    want = mamba3_siso_combined(**{k: a[k] for k in ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias",
+                                                      "Angles", "D", "Z")},
+                                Input_States=states, chunk_size=16, return_final_states=True)
+    ones = torch.ones(case.heads, 1, case.headdim)
+    m_states = (states[0], states[1][..., perm], states[2][:, None, :, perm], states[3])
+    got = mamba3_mimo(a["Q"][..., perm][:, :, None], a["K"][..., perm][:, :, None], a["V"], a["ADT"], a["DT"],
+                      a["Trap"], a["Q_bias"][..., perm][:, None], a["K_bias"][..., perm][:, None], a["Angles"],
+                      ones, ones, ones, D=a["D"], Z=a["Z"], Input_States=m_states, chunk_size=16,
+                      return_final_states=True)
+    close("out", got[0], want[0], 1e-5)
+    close("ssm", got[2], want[2][..., perm], 1e-5)
+    close("k", got[3][:, 0], want[3][..., perm], 1e-5)
+
+
+@pytest.mark.parametrize("rank", [1, 2])
+def test_decode_steps_equal_chunked(rank: int) -> None:
+    case = Case(seqlen=6, rank=rank, states=True, heads=2, heads_qk=1)
+    a = case.args()
+    states = case.state_args()
+    want = case.run(a, states)
+    state = tuple(s.clone() for s in states)
+    outs = []
+    for t in range(case.seqlen):
+        step = dict(Q=a["Q"][:, t], K=a["K"][:, t], V=a["V"][:, t], ADT=a["ADT"][:, :, t], DT=a["DT"][:, :, t],
+                    Trap=a["Trap"][:, :, t], Q_bias=a["Q_bias"], K_bias=a["K_bias"], Angles=a["Angles"][:, t],
+                    D=a["D"], Z=a["Z"][:, t])
+        if rank > 1:
+            step.update(W_x=a["W_x"], W_z=a["W_z"], W_o=a["W_o"])
+        outs.append(mamba3_step(state, **step))
+    close("decoded out", torch.stack(outs, 1), want[0], 1e-5)
+    for name, got, ref in zip(STATES, state, want[1:]):
+        if name == "angle":
+            got, ref = torch.exp(1j * got.double()), torch.exp(1j * ref.double())
+        close(f"decoded {name} state", got, ref, 1e-5)
+
+
+# -- bad arguments ------------------------------------------------------------------------------------
+def _siso_args(**changes: object) -> dict[str, object]:
+    a = dict(Case(seqlen=8, heads=2, heads_qk=1).args())
+    a.pop("W_x"), a.pop("W_z"), a.pop("W_o")
+    a.update(changes)
+    return a
+
+
+def test_too_many_angle_dims_raise() -> None:
+    a = _siso_args()
+    a["Angles"] = torch.zeros(2, 8, 2, 5)       # 5 pairs > headdim_qk / 2 = 4
+    with pytest.raises(ValueError, match="Angles"):
+        mamba3_siso_combined(**a)
+
+
+def test_heads_not_a_multiple_of_qk_heads_raise() -> None:
+    a = _siso_args()
+    a["Q"] = torch.zeros(2, 8, 3, 8)
+    a["K"] = torch.zeros(2, 8, 3, 8)
+    with pytest.raises(ValueError, match="nheads_qk"):
+        mamba3_siso_combined(**a)
+
+
+def test_cu_seqlens_with_batch_above_one_raise() -> None:
+    a = _siso_args()
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        mamba3_siso_combined(**a, cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.int32))
+
+
+def test_partial_input_states_raise() -> None:
+    case = Case(seqlen=8, heads=2, heads_qk=1)
+    a = _siso_args()
+    angle, ssm, k, x = case.state_args()
+    with pytest.raises(ValueError, match="Input_States"):
+        mamba3_siso_combined(**a, Input_States=(None, ssm, k, x))
+
+
+def test_bad_chunk_and_mimo_rank_raise() -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        mamba3_siso_combined(**_siso_args(), chunk_size=48)
+    a = _siso_args()
+    with pytest.raises(ValueError, match="Q"):
+        mamba3_mimo(a["Q"][:, :, None].expand(2, 8, 3, 1, 8), a["K"], a["V"], a["ADT"], a["DT"], a["Trap"], None,
+                    None, a["Angles"], torch.ones(2, 3, 8), torch.ones(2, 3, 8), torch.ones(2, 3, 8))
+
+
+def test_device_is_cpu_or_cuda() -> None:
+    assert DEVICE in ("cpu", "cuda") and math.isfinite(1.0)
