@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run the scancc benchmarks on a CUDA GPU (written for an H100) with the peers from .anchors/.
 #
-#   usage: benchmarks/run_h100.sh [linear|selective|ssd|all]     (default: all)
+#   usage: benchmarks/run_h100.sh [linear|selective|ssd|mamba3|all]     (default: all)
 #
 # One benchmark takes a few minutes (ssd the longest: mamba-ssm autotunes in every
-# isolated case); run them one per call where a command's time is limited.
+# isolated case); run them one per call where a command's time is limited. autotune stays
+# under 8 minutes (its --deadline) and also writes $out/autotune_defaults.json, the tuned
+# records that become scancc/autotune/defaults/h100.json.
 #
 # Results go to $OUT (default ./bench-results): <bench>.jsonl, <bench>.md and <bench>.log.
 # Where the checkout travels without .git, pass the commit: SCANCC_COMMIT=$(git rev-parse --short HEAD).
@@ -38,7 +40,8 @@ case "$which" in
   linear) prebuild_warp; run linear_scan ;;
   selective) run selective_scan ;;
   ssd) run ssd ;;
-  all) prebuild_warp; run linear_scan; run selective_scan; run ssd ;;
-  *) echo "usage: $0 [linear|selective|ssd|all]" >&2; exit 2 ;;
+  mamba3) run mamba3 ;;
+  all) prebuild_warp; run linear_scan; run selective_scan; run ssd; run mamba3 ;;
+  *) echo "usage: $0 [linear|selective|ssd|mamba3|all]" >&2; exit 2 ;;
 esac
 exit $status
