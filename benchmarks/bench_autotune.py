@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -465,6 +465,9 @@ def _fill_vs_exhaustive(results: TuneResults) -> None:
                          and r.impl == "budgeted (side by side)"), None)
             if side is not None and side.vs_exhaustive is not None:
                 row.vs_exhaustive = side.vs_exhaustive
+    # the budgeted rows were written before their exhaustive phase ran: write both files again
+    lines = [json.dumps({"meta": results.meta})] + [json.dumps(asdict(r)) for r in results.rows]
+    results.jsonl.write_text("\n".join(lines) + "\n")
     results.markdown.write_text(results.to_markdown())
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the scancc benchmarks on a CUDA GPU (written for an H100) with the peers from .anchors/.
 #
-#   usage: benchmarks/run_h100.sh [linear|selective|ssd|mamba3|all]     (default: all)
+#   usage: benchmarks/run_h100.sh [linear|selective|ssd|mamba3|autotune|all]     (default: all)
 #
 # One benchmark takes a few minutes (ssd the longest: mamba-ssm autotunes in every
 # isolated case); run them one per call where a command's time is limited. autotune stays
@@ -41,7 +41,8 @@ case "$which" in
   selective) run selective_scan ;;
   ssd) run ssd ;;
   mamba3) run mamba3 ;;
+  autotune) run autotune ;;
   all) prebuild_warp; run linear_scan; run selective_scan; run ssd; run mamba3 ;;
-  *) echo "usage: $0 [linear|selective|ssd|mamba3|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [linear|selective|ssd|mamba3|autotune|all]" >&2; exit 2 ;;
 esac
 exit $status

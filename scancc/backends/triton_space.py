@@ -9,7 +9,8 @@ Triton space. The provider answers for each half of the backend:
   program, ``block_l`` steps per tile and ``num_warps``; plain scans: ``block_l``,
   ``block_d``, ``num_warps``, ``num_stages`` of the chunked scan;
 - SSD (:mod:`scancc.backends.triton_ssd`): ``chunk``, ``block_l`` (row tile), ``block_d``
-  (headdim tile), ``num_warps``, ``num_stages``;
+  (headdim tile), ``num_warps``, ``num_stages`` (Mamba-3 programs, lowered by
+  :mod:`scancc.backends.triton_mamba3`, are left to a provider of their own);
 - decode steps (:mod:`scancc.backends.triton_step`): ``block_d`` (rows per program),
   ``num_warps``.
 
@@ -212,6 +213,8 @@ def triton_space(program: Program, default: Schedule) -> Optional[SearchSpace]:
     """The space of whichever half of the Triton backend lowers ``program``."""
     if program.mode == "step":
         return step_space(program, default)
+    if program.input.kind == "trapezoid":
+        return None  # Mamba-3 (triton_mamba3.py) keeps other tiles: its own provider, or the generic space
     if program.state.shape == "matrix":
         return ssd_space(program, default)
     return diagonal_space(program, default)

@@ -43,3 +43,21 @@ def test_smoke_run_writes_checked_rows(script: str, modes: set[str], tmp_path: P
     assert peers and all(r["status"] for r in peers)
     table = (tmp_path / f"{script[len('bench_'):-len('.py')]}.md").read_text()
     assert "| scancc |" in table and "Copy bandwidth" in table
+
+
+def test_autotune_smoke_run_tunes_compares_and_exports(tmp_path: Path) -> None:
+    """bench_autotune.py: budgeted and exhaustive phases per shape, side-by-side rows, the
+    dispatch rows, and the exported records (the file that becomes defaults/h100.json)."""
+    rows = run_smoke("bench_autotune.py", tmp_path)
+    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
+    budgeted = [r for r in rows if r["impl"] == "budgeted"]
+    assert len(budgeted) >= 3 and all(r["tune_s"] > 0 and r["tried"] >= 1 for r in budgeted)
+    assert all(r["vs_exhaustive"] is not None for r in budgeted)
+    sides = {(r["case"], r["impl"]) for r in rows if r["impl"].endswith("(side by side)")}
+    assert {impl for _, impl in sides} == {"default (side by side)", "budgeted (side by side)",
+                                           "exhaustive (side by side)"}
+    dispatch = [r for r in rows if r["impl"] == "host us / call"]
+    assert len(dispatch) == 2 and all(r["time_ms"] > 0 for r in dispatch)
+    exported = json.loads((tmp_path / "autotune_defaults.json").read_text())
+    assert exported["schema"] == "scancc.autotune" and len(exported["records"]) == len(budgeted)
+    assert "| budgeted |" in (tmp_path / "autotune.md").read_text()
