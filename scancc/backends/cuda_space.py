@@ -1,0 +1,70 @@
+"""The CUDA backend's schedule spaces (imported by the autotuner on first use).
+
+- diagonal family (:mod:`scancc.backends.cuda_diag`): ``block_n`` state entries per thread,
+  ``block_d`` channels per block, ``block_l`` steps per staged tile, ``num_warps`` (the
+  default ``block_d`` is ``32·num_warps / threads per channel``);
+- decode steps (:mod:`scancc.backends.cuda_step`): ``block_n``, ``num_warps``;
+- matrix states (:mod:`scancc.backends.cuda_matrix`): ``block_n`` entries per thread.
+
+Constraints use the launcher's own geometry (:func:`scancc.backends.cuda_diag.choose_config`
+resolves a schedule's ``None`` fields exactly as a launch does): at most 1024 threads per
+block, block_l no longer than the padded sequence, and a block_d that divides the channels
+of a group (it would silently shrink otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..autotune.device import DeviceLimits
+from ..autotune.problem import Problem
+from ..autotune.space import Constraint, SearchSpace, register_space
+from ..ir import Program, Schedule
+from . import cuda_diag, cuda_matrix, cuda_step
+from .diagonal import DiagonalPlan, unsupported_reason
+
+
+def _diag_threads(s: Schedule, p: Problem, d: DeviceLimits) -> bool:
+    plan = DiagonalPlan.of(p.program)
+    dim, groups = p.get("dim", 1), p.get("groups", 1)
+    dstate = p.get("dstate", 1) if plan.has_dstate else 1
+    cfg = cuda_diag.choose_config(plan, s, dim, dstate, max(1, dim // groups))
+    return max(cfg.fwd_threads, cfg.bwd_threads) <= d.max_threads_per_block
+
+
+def _diag_block_d_fits(s: Schedule, p: Problem, d: DeviceLimits) -> bool:
+    plan = DiagonalPlan.of(p.program)
+    if s.block_d is None or not plan.grouped:
+        return True
+    return (p.get("dim", 1) // p.get("groups", 1)) % s.block_d == 0
+
+
+DIAG_CONSTRAINTS = (
+    Constraint("threads_per_block", _diag_threads),
+    Constraint("block_d_divides_group", _diag_block_d_fits),
+    Constraint("block_l_within_seqlen", lambda s, p, d: (s.block_l or 1) <= max(16, 1 << max(0, (p.seqlen - 1).bit_length()))),
+)
+
+
+def _matrix_threads(s: Schedule, p: Problem, d: DeviceLimits) -> bool:
+    cfg = cuda_matrix.choose_config(s, p.get("headdim", 64), p.get("dstate", 64))
+    return cfg.threads <= d.max_threads_per_block
+
+
+@register_space("cuda")
+def cuda_space(program: Program, default: Schedule) -> Optional[SearchSpace]:
+    if program.mode == "step":
+        return SearchSpace(default, {"block_n": (4, 8, 16), "num_warps": (2, 4, 8)}, (
+            Constraint("threads_per_block", lambda s, p, d: 32 * s.num_warps <= d.max_threads_per_block),))
+    if program.state.shape == "matrix":
+        return SearchSpace(default, {"block_n": (4, 8, 16, 32)}, (Constraint("threads_per_block", _matrix_threads),))
+    if unsupported_reason(program) is not None:
+        return None
+    if DiagonalPlan.of(program).has_dstate:
+        params = {"block_n": (2, 4, 8, 16), "block_l": (16, 32, 64), "num_warps": (2, 4, 8)}
+    else:
+        params = {"block_d": (32, 64, 128, 256), "block_l": (16, 32, 64)}
+    return SearchSpace(default, params, DIAG_CONSTRAINTS)
+
+
+__all__ = ["cuda_space", "cuda_step"]
