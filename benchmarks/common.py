@@ -222,6 +222,7 @@ def parser(
                    help="folder for <name>.jsonl and <name>.md (default: $OUT or ./bench-results)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU under the Triton interpreter")
     p.add_argument("--only", default="", help="run only implementations whose name contains this text")
+    p.add_argument("--cases", default="", help="run only cases whose name contains one of these comma-separated texts")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per isolated case")
     p.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one JSON case
     if add_arguments is not None:
@@ -305,9 +306,12 @@ def orchestrate(
     for case in cases:
         if args.only and args.only not in case["impl"]:
             continue
+        row = make_row(case)
+        wanted = getattr(args, "cases", "")
+        if wanted and not any(text in row.case for text in wanted.split(",")):
+            continue
         started = time.perf_counter()
         fields = run_isolated(script, case, args.smoke, args.timeout)
-        row = make_row(case)
         for key, value in fields.items():
             setattr(row, key, value)
         row.finish(copy["copy_tbps"])

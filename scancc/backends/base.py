@@ -68,7 +68,12 @@ class CompiledScan(Protocol):
     ) -> dict[str, Optional[torch.Tensor]]:
         """Gradients of every float input by name, plus ``"initial_state"``; each in its
         input's shape and dtype (``None`` for absent inputs). ``fwd`` must come from
-        ``forward(..., save_for_backward=True)`` on the same inputs."""
+        ``forward(..., save_for_backward=True)`` on the same inputs.
+
+        A kernel whose backward needs less than the whole forward may also define
+        ``prepare_backward(inputs, *, initial_state, cu_seqlens, return_final_state) ->
+        ScanForward``, whose result ``backward`` accepts as ``fwd`` (its ``out`` may be empty);
+        the torch ops call it in place of the forward before the backward."""
         ...
 
 

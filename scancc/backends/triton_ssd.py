@@ -25,6 +25,7 @@ their inputs and drives an :class:`SSDScan` of the rendered source on the *core*
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
@@ -44,12 +45,12 @@ MIN_DOT = 16           # tl.dot needs every side >= 16
 STATE_TILE = 8192      # fp32 values of one [BLOCK_P, BLOCK_N] state tile kept in registers
 DBC_MIN_PROGRAMS = 1024
 """chunk_dbc shares a group's heads out among programs until there are about this many."""
-FUSED_MIN_PROGRAMS = 256
+FUSED_MIN_PROGRAMS = 2048
 """The state passing runs inside chunk_scan (one program per row, head and headdim tile, the
-chunks in order) when there are at least this many such programs: about two per SM of an
-H100. With fewer, a separate pass kernel lets chunk_scan take one program per chunk. Both
-thresholds follow from the H100's 132 SMs and are not tuned yet (bench_ssd.py times the
-other passing variant next to the chosen one)."""
+chunks in order) when there are at least this many such programs: about sixteen per SM of an
+H100. With fewer, a separate pass kernel lets chunk_scan take one program per chunk. Measured
+on the H100 at B4 L4096 H80 P64 N128 (320 such programs): fused 1.45 ms, split 0.95 ms
+(bench_ssd.py times the other passing variant next to the chosen one)."""
 
 
 CORE_INPUTS = (("x", False), ("dt", False), ("A", False), ("gam", False), ("B", False), ("C", False),
@@ -393,8 +394,15 @@ class SSDScan:
         cu_seqlens: Optional[torch.Tensor] = None,
         return_final_state: bool = False,
         save_for_backward: bool = False,
+        output: bool = True,
     ) -> ScanForward:
+        """``output=False`` (with ``save_for_backward``): only what the backward needs, the
+        chunk states passed by state_pass and no chunk_scan; ``out`` is then empty."""
         b = self._bind(inputs, cu_seqlens)
+        if not output:
+            if not save_for_backward:
+                raise ValueError("forward(output=False) is for save_for_backward=True")
+            b = dataclasses.replace(b, fused=False)
         h0 = self._state(b, initial_state, "initial_state")
         t, dev, f32 = b.t, b.device, torch.float32
         x, D = t["x"], t.get("D")
@@ -421,6 +429,9 @@ class SSDScan:
                          *head_args, b.per_row, H, P, N, HAS_SEG=common["HAS_SEG"], VARLEN=common["VARLEN"],
                          HAS_INIT=h0 is not None, STORE_OUT=ht is not None, REVERSE=False,
                          **self._meta(b, "CHUNK", "BLOCK_T", "BLOCK_P", "BLOCK_N"))
+        if not output:
+            return ScanForward(out=x.new_empty(0), final_state=ht,
+                               saved={"cs": cs, "dl": dl, "CB": CB, "states": states})
         grid = (b.rows, H, b.p_blocks) if b.fused else (b.total, H, b.p_blocks)
         self._launch(b, "chunk_scan", grid, x, t.get("z"), D, t["C"], b.seg, b.table, cs, dl, CB, S, h0, states,
                      ht, out, *head_args, b.per_row, H, G, P, N, H // G, **self._trap_args(b),
@@ -433,6 +444,10 @@ class SSDScan:
             assert states is not None
             saved = {"cs": cs, "dl": dl, "CB": CB, "states": states}
         return ScanForward(out=out, final_state=ht, saved=saved)
+
+    def prepare_backward(self, inputs: Mapping[str, Optional[torch.Tensor]], **kwargs: Any) -> ScanForward:
+        """What :meth:`backward` needs, without the output (see :class:`~scancc.backends.base.CompiledScan`)."""
+        return self.forward(inputs, save_for_backward=True, output=False, **kwargs)
 
     # -- backward ----------------------------------------------------------------------------
     def backward(

@@ -208,8 +208,9 @@ def scan_backward(
     kernel = _kernel(program, backend, schedule, named)
     h0 = None if initial_state is None else initial_state.contiguous()
     with _autograd_inside_op():
-        fwd = kernel.forward(named, initial_state=h0, cu_seqlens=cu_seqlens,
-                             return_final_state=grad_final_state is not None, save_for_backward=True)
+        # a kernel whose backward needs less than the whole forward says so by prepare_backward
+        prepare = getattr(kernel, "prepare_backward", None) or functools.partial(kernel.forward, save_for_backward=True)
+        fwd = prepare(named, initial_state=h0, cu_seqlens=cu_seqlens, return_final_state=grad_final_state is not None)
         grads = kernel.backward(
             fwd, named, grad_out.contiguous(),
             None if grad_final_state is None else grad_final_state.contiguous(),

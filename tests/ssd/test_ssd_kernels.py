@@ -110,6 +110,24 @@ def test_packed_sequences_match_the_oracle(split: bool) -> None:
         assert_grads(case)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
+def test_prepare_backward_saves_what_the_forward_saves(split: bool) -> None:
+    """The ops run prepare_backward (no chunk_scan, passing always split) before the backward:
+    it must save the same chunk sums, CB and passed states as the whole forward."""
+    case = Case(batch=2, seqlen=45, heads=2, headdim=8, dstate=8, h0=True, seed=3)
+    kernel, inputs = case.compiled(), case.kernel_inputs()
+    args = dict(initial_state=case.kernel_state(), cu_seqlens=case.cu(), return_final_state=True)
+    with passing(split):
+        full = kernel.forward(inputs, save_for_backward=True, **args)
+        lean = kernel.prepare_backward(inputs, **args)
+    assert lean.out.numel() == 0
+    assert lean.final_state is not None and full.final_state is not None
+    torch.testing.assert_close(lean.final_state, full.final_state, rtol=1e-6, atol=1e-6)
+    for key in ("cs", "dl", "CB", "states"):
+        assert not torch.isnan(lean.saved[key]).any(), key
+        torch.testing.assert_close(lean.saved[key], full.saved[key], rtol=1e-6, atol=1e-6)
+
+
 def _segment_case(seed: int) -> Case:
     case = Case(batch=2, seqlen=60, heads=2, headdim=8, dstate=8, seq_idx=True, seed=seed)
     # row 0: segments 0 | 1 | 2 starting inside chunks; row 1: one boundary on a chunk edge
