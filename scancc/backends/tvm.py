@@ -89,6 +89,7 @@ class TVMBackend:
     """Implements :class:`scancc.backends.base.Backend` with Apache TVM (>= 0.27)."""
 
     name = "tvm"
+    extra_inputs: tuple[str, ...] = ()  # inputs beyond program.tensors() it reads (none: no seq_idx)
 
     def available(self) -> bool:
         return tvm_available()
@@ -133,11 +134,12 @@ class TVMCompiledScan:
             self._plan = MatrixPlan.of(self.program, self.schedule)
 
     # -- modules -------------------------------------------------------------------------
-    def module(self, meta: Mapping[str, int]) -> Any:
-        return compile_module(self.source, meta, self.target)
+    def module(self, meta: Mapping[str, int], functions: Optional[tuple[str, ...]] = None) -> Any:
+        """The compiled module for the sizes ``meta``; only ``functions`` of it when given."""
+        return compile_module(self.source, meta, self.target, functions=functions)
 
-    def _diag_module(self, dstate: int) -> Any:
-        return self.module(diag_meta(self._plan, dstate))  # type: ignore[arg-type]
+    def _diag_module(self, dstate: int, function: str) -> Any:
+        return self.module(diag_meta(self._plan, dstate), (function,))  # type: ignore[arg-type]
 
     # -- step mode ------------------------------------------------------------------------
     def _seq_inputs(self, inputs: Mapping[str, Optional[torch.Tensor]]) -> dict[str, Optional[torch.Tensor]]:
@@ -170,6 +172,7 @@ class TVMCompiledScan:
     ) -> ScanForward:
         if not isinstance(inputs, Mapping):
             raise TypeError(f"inputs must be a mapping of name -> tensor, got {type(inputs).__name__}")
+        _check_names(self.program, inputs)
         step = self.program.mode == "step"
         if step and cu_seqlens is not None:
             raise ValueError("a step-mode program takes no cu_seqlens")
@@ -179,7 +182,7 @@ class TVMCompiledScan:
                 from .tvm_diag import canonical_inputs, run_forward
 
                 dstate = canonical_inputs(self._seq_program, self._plan, seq_inputs).dstate
-                fwd = run_forward(self._diag_module(dstate), self._plan, self._seq_program, seq_inputs,
+                fwd = run_forward(self._diag_module(dstate, "forward"), self._plan, self._seq_program, seq_inputs,
                                   initial_state=initial_state, cu_seqlens=cu_seqlens,
                                   return_final_state=return_final_state or step, save_for_backward=save_for_backward)
             else:
@@ -205,6 +208,7 @@ class TVMCompiledScan:
         initial_state: Optional[torch.Tensor] = None,
         cu_seqlens: Optional[torch.Tensor] = None,
     ) -> dict[str, Optional[torch.Tensor]]:
+        _check_names(self.program, inputs)
         step = self.program.mode == "step"
         seq_inputs = self._seq_inputs(inputs)
         if step and grad_out is not None:
@@ -214,8 +218,9 @@ class TVMCompiledScan:
                 from .tvm_diag import canonical_inputs, run_backward
 
                 dstate = canonical_inputs(self._seq_program, self._plan, seq_inputs).dstate
-                grads = run_backward(self._diag_module(dstate), self._plan, self._seq_program, fwd, seq_inputs,
-                                     grad_out, grad_final_state, initial_state=initial_state, cu_seqlens=cu_seqlens)
+                grads = run_backward(self._diag_module(dstate, "backward"), self._plan, self._seq_program, fwd,
+                                     seq_inputs, grad_out, grad_final_state, initial_state=initial_state,
+                                     cu_seqlens=cu_seqlens)
             else:
                 from .tvm_matrix_grad import run_backward as run_matrix_backward
 
@@ -227,6 +232,15 @@ class TVMCompiledScan:
                 if isinstance(g, torch.Tensor) and src is not None and g.dim() != src.dim():
                     grads[name] = g.reshape(src.shape)
         return grads
+
+
+def _check_names(program: Program, inputs: Mapping[str, Optional[torch.Tensor]]) -> None:
+    """Refuse inputs the kernels would silently ignore (e.g. ``seq_idx``: use ``cu_seqlens``)."""
+    known = {spec.name for spec in program.tensors()}
+    extra = sorted(k for k, v in inputs.items() if v is not None and k not in known)
+    if extra:
+        raise ValueError(f"the TVM backend does not take input(s) {extra} for program {program.name!r}; "
+                         f"its inputs are {sorted(known)} (packed sequences: cu_seqlens)")
 
 
 def _update_in_place(state: Any, new: Any) -> None:

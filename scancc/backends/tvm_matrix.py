@@ -125,7 +125,7 @@ def run_forward(compiled: "TVMCompiledScan", plan: MatrixPlan, program: Program,
     if m3:
         final.update(angle=empty((nseq, heads, max(pairs, 1))), k=empty((nseq, R, heads, dstate)),
                      x=empty((nseq, heads, headdim)))
-    module = compiled.module(matrix_meta(program, dstate, headdim, pairs))
+    module = compiled.module(matrix_meta(program, dstate, headdim, pairs), ("forward",))
     ins = [state["ssm"]] + ([state["angle"], state["k"], state["x"]] if m3 else [])
     outs = [out, final["ssm"]] + ([final["angle"], final["k"], final["x"]] if m3 else [])
     module["forward"](*args, *ins, *outs, varlen, use_gate)

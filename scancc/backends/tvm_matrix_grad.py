@@ -310,7 +310,7 @@ def run_backward(compiled: "TVMCompiledScan", plan: MatrixPlan, program: Program
             raise TypeError(f"input {name!r} must be a torch.Tensor, got {type(value).__name__}")
     leaves = {k: _leaf(v) for k, v in given.items()}
     m3 = plan.kind == "mamba3"
-    module = compiled.module(matrix_meta(program, dstate, headdim, pairs))
+    module = compiled.module(matrix_meta(program, dstate, headdim, pairs), ("core_forward", "core_backward"))
     use_gate = plan.gate and inputs.get("z") is not None
     with torch.enable_grad():  # the caller may run under no_grad; the host pieces need a graph
         pieces, state_leaves = _state_leaves(initial_state, m3, plan.rank, nseq, heads, headdim, dstate, pairs)

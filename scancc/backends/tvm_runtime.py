@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 TargetLike = Union[str, Mapping[str, Any]]
 
@@ -87,11 +87,12 @@ def target_kind(target: Mapping[str, Any]) -> str:
     return "cpu" if target["kind"] in ("llvm", "c") else "gpu"
 
 
-def cache_key(source: str, meta: Mapping[str, Any], target: Mapping[str, Any]) -> str:
+def cache_key(source: str, meta: Mapping[str, Any], target: Mapping[str, Any],
+              functions: Optional[Sequence[str]] = None) -> str:
     import tvm
 
-    blob = json.dumps({"source": source, "meta": dict(meta), "target": dict(target), "tvm": tvm.__version__},
-                      sort_keys=True)
+    blob = json.dumps({"source": source, "meta": dict(meta), "target": dict(target), "tvm": tvm.__version__,
+                       **({"functions": sorted(functions)} if functions else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -103,15 +104,37 @@ def parse(source: str, meta: Mapping[str, Any]):
     return tvm.script.from_source(source, extra_vars={**_default_globals(), **meta})
 
 
-def compile_module(source: str, meta: Mapping[str, Any], target: TargetLike, *, disk: bool = True):
+@functools.lru_cache(maxsize=32)
+def _parse_once(source: str, meta: tuple[tuple[str, Any], ...]):
+    """:func:`parse`, kept for the next function compiled from the same source and sizes."""
+    return parse(source, dict(meta))
+
+
+def select(module: Any, functions: Optional[Sequence[str]]) -> Any:
+    """The ``IRModule`` with only the functions named (all of them for ``None``)."""
+    if not functions:
+        return module
+    import tvm
+
+    picked = {gv: module[gv] for gv in module.functions if gv.name_hint in functions}
+    missing = set(functions) - {gv.name_hint for gv in picked}
+    if missing:
+        raise ValueError(f"the kernel source defines no function(s) {sorted(missing)}")
+    return tvm.IRModule(picked)
+
+
+def compile_module(source: str, meta: Mapping[str, Any], target: TargetLike, *, disk: bool = True,
+                   functions: Optional[Sequence[str]] = None):
     """A runtime module for ``source`` (functions by name: ``module["forward"]``).
 
-    Looked up in this process, then on disk; compiled and stored otherwise.
+    ``functions`` compiles only those functions of the source (e.g. the forward alone, so
+    inference never waits for the backward's code generation). Looked up in this process,
+    then on disk; compiled and stored otherwise.
     """
     import tvm
 
     tgt = normalize_target(target)
-    key = cache_key(source, meta, tgt)
+    key = cache_key(source, meta, tgt, functions)
     with _lock:
         hit = _modules.get(key)
     if hit is not None:
@@ -124,7 +147,7 @@ def compile_module(source: str, meta: Mapping[str, Any], target: TargetLike, *, 
         except Exception:  # a truncated or foreign file: rebuild it
             module = None
     if module is None:
-        executable = tvm.compile(parse(source, meta), target=tgt)
+        executable = tvm.compile(select(_parse_once(source, tuple(sorted(meta.items()))), functions), target=tgt)
         module = executable.mod
         if disk:
             module = _store(executable, path) or module

@@ -47,6 +47,7 @@ def linear_scan(
     return_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
     scale: str = "none",
+    backend: Optional[str] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``h_t = a_t ⊙ h_{t−1} + s(a_t)·x_t`` over the last axis; returns every ``h_t``.
 
@@ -63,6 +64,8 @@ def linear_scan(
             ``a`` or ``x`` is complex.
         cu_seqlens: ``(num_seqs + 1,)`` int32/int64 boundaries of packed sequences; the
             batch must be 1 (1-D inputs count as batch 1).
+        backend: ``"triton"``, ``"tvm"``, ... or ``None``: ``$SCANCC_BACKEND``, else Triton for
+            CUDA tensors and TVM for CPU tensors when installed (see :mod:`scancc.compiler`).
 
     Returns:
         ``h`` shaped like ``x``: in x's dtype for real inputs, complex64 when ``a`` or ``x``
@@ -111,7 +114,7 @@ def linear_scan(
             h0 = (torch.cat([h0, torch.zeros_like(h0)], dim=1) if complex_a
                   else torch.cat([h0.real, h0.imag], dim=1))
     out, last = run_program(program_json(complex_a, scale), {"a": a3, "x": x3}, initial_state=h0,
-                            cu_seqlens=cu_seqlens, return_final_state=want_state)
+                            cu_seqlens=cu_seqlens, return_final_state=want_state, backend=backend)
     if complex_x:
         out = _merge(out, dim)
         last = None if last is None else _merge(last, dim)

@@ -39,6 +39,7 @@ def lti_scan(
     initial_state: Optional[torch.Tensor] = None,
     return_final_state: bool = False,
     cu_seqlens: Optional[torch.Tensor] = None,
+    backend: Optional[str] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """``h_t = Ā ⊙ h_{t−1} + B̄ u_t``, ``y_t = 2·Re(Σ_n C_n h_{t,n}) + D u_t`` per channel.
 
@@ -57,6 +58,8 @@ def lti_scan(
         D: ``(dim,)`` float32 skip.
         initial_state: ``(batch or num_seqs, dim, dstate)`` float32 or complex64 (A's dtype).
         cu_seqlens: ``(num_seqs + 1,)`` int32/int64 packed-sequence boundaries (batch 1).
+        backend: ``"triton"``, ``"tvm"``, ... or ``None``: ``$SCANCC_BACKEND``, else Triton for
+            CUDA tensors and TVM for CPU tensors when installed (see :mod:`scancc.compiler`).
 
     Returns:
         ``y (batch, dim, seqlen)`` in u's dtype, and with ``return_final_state`` also the
@@ -92,5 +95,6 @@ def lti_scan(
 
     prog = program_json(disc, cplx, pairs and cplx, D is not None)
     out, last = run_program(prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D},
-                            initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state)
+                            initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state,
+                            backend=backend)
     return (out, last) if want_state else out

@@ -34,7 +34,8 @@ import torch
 from ..ir import Program, Schedule, TensorSpec
 
 DEFAULT_BACKEND = ""
-"""The empty name means the compiler's default (``$SCANCC_BACKEND``, else Triton)."""
+"""The empty name means "choose by device" (:func:`scancc.compiler.default_backend`):
+``$SCANCC_BACKEND``, else Triton for CUDA tensors and TVM for CPU tensors when installed."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,21 +73,57 @@ def compiled(program_json: str, backend: str, schedule_json: str):
 
 
 def _kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[str, torch.Tensor]):
-    """The compiled scan for this call. Without an explicit schedule, the autotuner's
-    :func:`~scancc.autotune.best_schedule` picks one for these sizes, dtype and device
-    (its cache, shipped defaults or the backend default; it tunes only with
+    """The compiled scan for this call.
+
+    ``backend`` ``""`` chooses by the inputs' device (:func:`auto_backend`). A schedule is
+    used when the backend can run it; otherwise it was written for another backend (e.g.
+    the chunked SSD schedule ``mamba_chunk_scan_combined`` passes) and, as without one,
+    the autotuner's :func:`~scancc.autotune.best_schedule` picks one for these sizes, dtype
+    and device (its cache, shipped defaults or the backend default; it tunes only with
     ``SCANCC_AUTOTUNE=1``)."""
-    if schedule_json:
-        return compiled(program_json, backend, schedule_json)
+    x = _main_input(named)
+    name = backend or auto_backend(program_json, schedule_json, x.device, tuple(named))
+    if schedule_json and _runs(program_json, name, schedule_json):
+        return compiled(program_json, name, schedule_json)
     from ..autotune import best_schedule
-    from ..compiler import default_backend
 
     program = _program(program_json)
-    name = backend or default_backend()
-    x = _main_input(named)
     dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
     schedule = best_schedule(program, name, _bind_dims(program_json, named), device=x.device, dtype=dtype)
     return _compiled(program_json, name, schedule)
+
+
+def auto_backend(program_json: str, schedule_json: str, device: torch.device, names: Sequence[str]) -> str:
+    """The backend for a call that names none: :func:`scancc.compiler.default_backend` of
+    ``device`` when it can lower the program (and takes every input passed, e.g. ``seq_idx``),
+    else Triton."""
+    from ..compiler import DEFAULT_BACKEND, default_backend
+
+    return _auto_backend(program_json, default_backend(device), DEFAULT_BACKEND, tuple(names))
+
+
+@functools.lru_cache(maxsize=None)
+def _auto_backend(program_json: str, preferred: str, fallback: str, names: tuple[str, ...]) -> str:
+    from ..backends.registry import get_backend, known_backends
+
+    if preferred not in known_backends():
+        return preferred  # scancc.compile reports the unknown name
+    program = _program(program_json)
+    extras = set(names) - {spec.name for spec in _signature(program_json)}
+    impl = get_backend(preferred)
+    takes = set(getattr(impl, "extra_inputs", extras))  # a backend may list the extra inputs it reads
+    if extras <= takes and impl.supports(program, impl.default_schedule(program)):
+        return preferred
+    return fallback
+
+
+@functools.lru_cache(maxsize=None)
+def _runs(program_json: str, backend: str, schedule_json: str) -> bool:
+    from ..backends.registry import get_backend, known_backends
+
+    if backend not in known_backends():
+        return True  # let the compiler raise its error
+    return bool(get_backend(backend).supports(_program(program_json), _schedule(schedule_json)))
 
 
 def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -267,6 +304,21 @@ def _backward(ctx, grad_out: torch.Tensor, grad_final_state: torch.Tensor):
 scan.register_autograd(_backward, setup_context=_setup_context)
 
 
+def check_backend(backend: Optional[str]) -> str:
+    """``backend`` of a public op: ``None`` or ``""`` (choose by device) or a known backend's
+    name; returns the op-schema form (``""`` for automatic)."""
+    if backend is None or backend == "":
+        return ""
+    from ..backends.registry import known_backends
+
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend name (str) or None, got {type(backend).__name__}")
+    if backend not in known_backends():
+        raise ValueError(f"backend: unknown backend {backend!r}; expected one of {', '.join(known_backends())} "
+                         "or None (chosen by the inputs' device)")
+    return backend
+
+
 # -- Python entry point --------------------------------------------------------------------------
 def run_program(
     program_json: str,
@@ -275,7 +327,7 @@ def run_program(
     initial_state: Optional[torch.Tensor] = None,
     cu_seqlens: Optional[torch.Tensor] = None,
     return_final_state: bool = False,
-    backend: str = DEFAULT_BACKEND,
+    backend: Optional[str] = DEFAULT_BACKEND,
     schedule: str = "",
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Run a program through ``scancc::scan``; returns ``(out, final_state or None)``.
@@ -283,9 +335,11 @@ def run_program(
     ``inputs`` maps ``program.tensors()`` names to tensors (absent optional ones may be
     missing or ``None``) already in the backend's form (complex quantities complex64).
     Arguments are not validated here; the public ops do that. ``program_json`` must be
-    ``program.to_json()``, ``backend`` a backend name or ``""`` (the compiler's default) and
+    ``program.to_json()``, ``backend`` a backend name or ``""``/``None`` (chosen by the
+    inputs' device, :func:`auto_backend`) and
     ``schedule`` ``Schedule.to_json()`` or ``""`` (the autotuner's choice for the call's sizes).
     """
+    backend = check_backend(backend)
     order = input_order(program_json).split(",")
     present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]
     names = ",".join(k for k, _ in present)

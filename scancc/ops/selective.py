@@ -90,6 +90,7 @@ def selective_scan_fn(
     *,
     initial_state: Optional[torch.Tensor] = None,
     cu_seqlens: Optional[torch.Tensor] = None,
+    backend: Optional[str] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Mamba-1's selective scan with mamba-ssm's signature and semantics.
 
@@ -111,6 +112,8 @@ def selective_scan_fn(
             ``cu_seqlens``), float32 (complex64 for complex A); gradients flow into it.
         cu_seqlens: ``(num_seqs + 1,)`` int32/int64 boundaries of sequences packed along
             seqlen (batch must be 1); states never cross a boundary.
+        backend: ``"triton"``, ``"tvm"``, ... or ``None``: ``$SCANCC_BACKEND``, else Triton for
+            CUDA tensors and TVM for CPU tensors when installed (see :mod:`scancc.compiler`).
 
     Returns:
         ``out (batch, dim, seqlen)`` in u's dtype, and with ``return_last_state`` also
@@ -146,6 +149,6 @@ def selective_scan_fn(
                         softplus)
     out, last = run_program(
         prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
-        initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state,
+        initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state, backend=backend,
     )
     return (out, last) if want_state else out

@@ -9,7 +9,7 @@ import torch
 
 from ..ir import ssd
 from . import checks as ck
-from .registry import scan
+from .registry import check_backend, scan
 
 MIN_CHUNK, MAX_CHUNK = 16, 4096
 PARAM_DTYPES = ck.ACTIVATION_DTYPES
@@ -39,26 +39,6 @@ def schedule_json(chunk_size: int) -> str:
     return _schedule_json(chunk_size)
 
 
-@functools.lru_cache(maxsize=None)
-def _backend_for(program: str, schedule: str, default: str) -> str:
-    from ..backends.registry import get_backend
-    from .registry import _program, _schedule
-
-    try:
-        supported = get_backend(default).supports(_program(program), _schedule(schedule))
-    except ValueError:
-        supported = False
-    return default if supported else "triton"
-
-
-@torch.compiler.assume_constant_result
-def backend_for(program: str, schedule: str) -> str:
-    """The compiler's default backend when it lowers SSD programs with this schedule, else Triton."""
-    from ..compiler import default_backend
-
-    return _backend_for(program, schedule, default_backend())
-
-
 def _float_arg(name: str, t: object, dims: list[ck.Dim], x: torch.Tensor) -> torch.Tensor:
     return ck.check_arg(name, t, dims, "x", x, PARAM_DTYPES)
 
@@ -80,6 +60,7 @@ def mamba_chunk_scan_combined(
     dt_limit: tuple[float, float] = (0.0, float("inf")),
     return_final_states: bool = False,
     return_varlen_states: bool = False,
+    backend: Optional[str] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Mamba-2's SSD with mamba-ssm's signature and return conventions.
 
@@ -110,6 +91,9 @@ def mamba_chunk_scan_combined(
         return_varlen_states: also return the last state of every packed sequence,
             ``(num_seqs, heads, headdim, dstate)`` fp32 (needs ``cu_seqlens``); unlike
             mamba-ssm, gradients flow through it.
+        backend: ``"triton"``, ``"tvm"``, ... or ``None``: ``$SCANCC_BACKEND``, else Triton for
+            CUDA tensors and TVM for CPU tensors when installed (see :mod:`scancc.compiler`);
+            ``chunk_size`` applies to chunked backends, ``seq_idx`` to those that read it.
 
     Returns:
         ``out`` (x's shape and dtype), then ``final_states`` if asked, then ``varlen_states``
@@ -171,7 +155,7 @@ def mamba_chunk_scan_combined(
              ("seq_idx", seq_idx)]
     present = [(k, t) for k, t in named if t is not None]
     # seq_idx rides along after the program's own inputs: the SSD kernels read it by name.
-    out, final = scan(program, backend_for(program, schedule), schedule, ",".join(k for k, _ in present),
+    out, final = scan(program, check_backend(backend), schedule, ",".join(k for k, _ in present),
                       [t for _, t in present], initial_states, cu_seqlens, want_final or want_varlen)
     results = [out]
     if want_final:
