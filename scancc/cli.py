@@ -5,6 +5,8 @@
 - ``scancc demo``: compile every preset with every installed backend that supports it,
   run it on random inputs and compare with the float64 oracle.
 - ``scancc info``: versions, device and backends.
+- ``scancc features``: what each backend lowers (forward, backward, decode step) per preset
+  and algorithm; ``--markdown --output docs/features.md`` regenerates the docs page.
 - ``scancc tune`` / ``scancc cache``: the autotuner (:mod:`scancc.autotune.cli`).
 
 Exit codes: 0 success, 1 a demo case failed (or a backend cannot lower the program),
@@ -355,6 +357,44 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- features -----------------------------------------------------------------------------------
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .backends.capabilities import capabilities, features_markdown
+
+    caps = capabilities()
+    if args.markdown:
+        text = features_markdown(caps)
+    else:
+        rows = {}
+        for c in caps:
+            row = rows.setdefault((c.program, c.backend), {"forward": [], "backward": [], "step": "no"})
+            if c.algorithm == "step":
+                row["step"] = "yes" if c.forward else "no"
+            else:
+                row["forward"] += [c.algorithm] if c.forward else []
+                row["backward"] += [c.algorithm] if c.backward else []
+        width = max(len(p) for p, _ in rows) + 2
+        lines = [f"{'program':<{width}}{'backend':<9}{'forward':<28}{'backward':<28}step"]
+        for (program, backend), r in rows.items():
+            lines.append(f"{program:<{width}}{backend:<9}{', '.join(r['forward']) or '-':<28}"
+                         f"{', '.join(r['backward']) or '-':<28}{r['step']}")
+        text = "\n".join(lines) + "\n"
+    if args.check:
+        path = Path(args.check)
+        current = path.read_text() if path.exists() else ""
+        if current != text:
+            print(f"scancc features: {path} is out of date; regenerate it with "
+                  f"scancc features --markdown --output {path}", file=sys.stderr)
+            return EXIT_FAIL
+        return EXIT_OK
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return EXIT_OK
+
+
 # -- entry point --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,6 +425,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="versions, device and available backends")
     info.set_defaults(func=cmd_info)
+
+    features = sub.add_parser("features", help="what each backend lowers: forward, backward, decode step",
+                              description="The feature matrix: for every preset, backend and algorithm, whether "
+                                          "the forward, the backward and the decode step are lowered (asked of each "
+                                          "backend's supports/unsupported_reason; no runtime or GPU needed).")
+    features.add_argument("--markdown", action="store_true", help="Markdown tables (the form of docs/features.md)")
+    features.add_argument("--output", metavar="PATH", help="write to PATH instead of standard output")
+    features.add_argument("--check", metavar="PATH", help="exit 1 if PATH differs from what would be written")
+    features.set_defaults(func=cmd_features)
 
     from .autotune.cli import add_tune_commands
 
