@@ -1,6 +1,8 @@
 """Schedule autotuning with a persistent, shareable cache.
 
-- :class:`SearchSpace` / :func:`register_space`: what may be tuned, declared by backends.
+- :class:`SearchSpace` / :func:`register_space`: what may be tuned, declared by backends
+  (the Triton backend's in :mod:`scancc.backends.triton_space`; a backend ``x`` may put
+  its declarations in ``scancc/backends/x_space.py``, imported when first needed).
 - :func:`tune`: search a space at one shape behind a correctness gate; :func:`tune_and_store`
   also records the winner.
 - :func:`best_schedule`: the schedule to launch with (memo → cache → shipped defaults →
@@ -10,7 +12,7 @@
 
 from .cache import CacheKey, CacheWarning, Record, ScheduleCache, cache_dir, shape_bucket, shipped_records
 from .device import DeviceLimits
-from .problem import Problem, parse_dtype, parse_shape
+from .problem import SHAPE_PRESETS, Problem, parse_dtype, parse_shape
 from .search import Budget, Trial, rel_l2
 from .select import AutotuneWarning, autotune_enabled, best_schedule, cache_key, clear_memo, tune_and_store
 from .space import Constraint, SearchSpace, generic_space, register_space, space_for, unregister_space
@@ -20,7 +22,8 @@ from .tuner import TuneResult, tune
 
 __all__ = [
     "AutotuneWarning", "Budget", "CacheKey", "CacheWarning", "Constraint", "CudaEventTimer", "DeviceLimits",
-    "PerfCounterTimer", "Problem", "Record", "ScheduleCache", "SearchSpace", "Timer", "Trial", "TuneResult",
+    "PerfCounterTimer", "Problem", "Record", "SHAPE_PRESETS", "ScheduleCache", "SearchSpace", "Timer", "Trial",
+    "TuneResult",
     "autotune_enabled", "best_schedule", "cache_dir", "cache_key", "clear_memo", "generic_space", "parse_dtype",
     "parse_shape", "register_space", "rel_l2", "resolve_backend", "shape_bucket", "shipped_records",
     "space_for", "tune", "tune_and_store", "unregister_space",
