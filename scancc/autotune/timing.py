@@ -40,13 +40,24 @@ class PerfCounterTimer(Timer):
 
 class CudaEventTimer(Timer):
     """CUDA events recorded on the current stream around each call; one synchronize at the end,
-    so launches queue back to back as they would in a model."""
+    so launches queue back to back as they would in a model.
+
+    Before the calls the stream is held busy for about ``HOLD_PER_CALL_S`` per call
+    (``torch.cuda._sleep``), so the host has queued every launch before the first one runs:
+    otherwise a kernel shorter than its launch (a decode step, a tiny shape) would be timed
+    as the host's launch cost, the gap between two events spent waiting for the next launch.
+    """
 
     name = "cuda_events"
+    HOLD_PER_CALL_S = 200e-6
+    CLOCK_HZ = 1.5e9  # a lower bound of the SM clock: the hold errs on the long side
 
     def time(self, run: Run, start: int, count: int) -> list[float]:
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
         torch.cuda.synchronize()
+        sleep = getattr(torch.cuda, "_sleep", None)
+        if sleep is not None:
+            sleep(int(min(count * self.HOLD_PER_CALL_S, 0.5) * self.CLOCK_HZ))
         for i, (begin, end) in zip(range(start, start + count), pairs):
             begin.record()
             run(i)
