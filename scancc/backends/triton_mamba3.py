@@ -132,6 +132,134 @@ class Prepared:
     seqlen: int
 
 
+def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optional[Mapping[str, Any]],
+            cu_seqlens: Optional[torch.Tensor], rank: int, pairing: Optional[str]) -> Prepared:
+    """Form the kernels' inputs (module docstring) of a Mamba-3 program of MIMO rank ``rank``
+    and rotary ``pairing`` (``None``: no rotary); differentiable in every float input, and
+    plain torch (no host synchronisation), so ``torch.compile`` traces it."""
+    R = rank
+    x, dt, adt, trap = (inputs[k] for k in ("x", "dt", "adt", "trap"))
+    Bsz, L, H, P = x.shape
+    dev, f32 = x.device, torch.float32
+    Bk, Cq = inputs["B"], inputs["C"]
+    if R == 1:
+        Bk, Cq = Bk[:, :, None], Cq[:, :, None]                       # (b, L, R, G, N)
+    G, N = Bk.shape[3], Bk.shape[4]
+    if H % G:
+        raise ValueError(f"mamba3: the groups of B/C ({G}) must divide heads ({H})")
+
+    # sequences: start flags, the state row of every token, each row's last token
+    if cu_seqlens is None:
+        starts = torch.zeros((Bsz, L), dtype=torch.bool, device=dev)
+        starts[:, 0] = True
+        seq_of = torch.arange(Bsz, device=dev)[:, None].expand(Bsz, L)
+        last = torch.full((Bsz,), L - 1, device=dev, dtype=torch.int64)
+        firsts = torch.zeros((Bsz,), device=dev, dtype=torch.int64)
+    else:
+        cu = cu_seqlens.to(device=dev, dtype=torch.int64)
+        starts = torch.zeros((1, L + 1), dtype=torch.bool, device=dev)
+        starts[0, cu[:-1]] = True
+        starts = starts[:, :L]
+        seq_of = (torch.searchsorted(cu[1:], torch.arange(L, device=dev), right=True))[None]
+        last = cu[1:] - 1
+        firsts = cu[:-1]
+    is_last = torch.zeros_like(starts)
+    is_last[:, :-1] = starts[:, 1:]
+    is_last[:, -1] = True
+
+    delta = dt.to(f32)
+    lam = torch.sigmoid(trap.to(f32))
+    gamma = lam * delta
+    mu = (1.0 - lam) * delta
+    mu_next = torch.cat([mu[:, 1:], torch.zeros_like(mu[:, :1])], 1) * (~is_last)[..., None]
+    w = gamma + mu_next
+
+    k = Bk.to(f32).repeat_interleave(H // G, 3) if G != H else Bk.to(f32)   # (b, L, R, H, N)
+    q = Cq.to(f32).repeat_interleave(H // G, 3) if G != H else Cq.to(f32)
+    phi = None
+    if pairing is not None:
+        for key, which in (("B_bias", "k"), ("C_bias", "q")):
+            bias = inputs.get(key)
+            if bias is not None:
+                bias = bias.to(f32) if R > 1 else bias.to(f32)[:, None]     # (H, R, N)
+                if which == "k":
+                    k = k + bias.transpose(0, 1)
+                else:
+                    q = q + bias.transpose(0, 1)
+        angles = inputs["angles"]
+        inc = delta[..., None] * (math.pi * torch.tanh(angles.to(f32)))
+        phi0 = None if initial_state is None else initial_state.get("angle")
+        phi = cumulative_angles(inc, starts, phi0, seq_of)
+        cos, sin = torch.cos(phi)[:, :, None], torch.sin(phi)[:, :, None]
+        k, q = rotate(k, cos, sin, pairing), rotate(q, cos, sin, pairing)
+        G = H
+    keep_groups = G != H                                             # B/C still per group
+
+    xr = x if R == 1 else (x[:, :, None] * inputs["W_x"].transpose(0, 1).to(x.dtype))
+    z = inputs.get("z")
+    if z is not None and R > 1:
+        z = z[:, :, None] * inputs["W_z"].transpose(0, 1).to(z.dtype)
+
+    def slots(t: torch.Tensor) -> torch.Tensor:                    # (b, L, R, ...) → (b, L·R, ...)
+        return t.reshape(Bsz, L * R, *t.shape[3:])
+
+    def per_slot(t: torch.Tensor) -> torch.Tensor:                 # (b, L, H) → (b, L·R, H)
+        return t if R == 1 else t[:, :, None].expand(Bsz, L, R, H).reshape(Bsz, L * R, H)
+
+    adt_s = adt.to(f32)
+    if R > 1:
+        adt_s = torch.cat([adt_s[:, :, None], adt_s.new_zeros((Bsz, L, R - 1, H))], 2).reshape(Bsz, L * R, H)
+    if keep_groups:
+        k_in, q_in = slots(Bk), slots(Cq)
+    else:
+        k_in, q_in = slots(k.to(x.dtype)), slots(q.to(x.dtype))
+    core = {
+        "x": xr if R == 1 else slots(xr), "dt": per_slot(w), "A": adt_s, "gam": per_slot(gamma),
+        "B": k_in, "C": q_in, "D": inputs.get("D"), "z": z if (z is None or R == 1) else slots(z),
+    }
+
+    h0 = None
+    if initial_state is not None and any(initial_state.get(key) is not None for key in ("ssm", "k", "x")):
+        rows = last.shape[0]
+        ssm0 = initial_state.get("ssm")
+        h0 = torch.zeros((rows, H, P, N), device=dev, dtype=f32) if ssm0 is None else ssm0.to(f32)
+        k0, x0 = initial_state.get("k"), initial_state.get("x")
+        if k0 is not None and x0 is not None:
+            k0 = k0.to(f32) if R > 1 else k0.to(f32)[:, None]                # (rows, R, H, N)
+            x0r = x0.to(f32)[:, None]                                        # (rows, 1, H, P)
+            if R > 1:
+                x0r = x0r * inputs["W_x"].transpose(0, 1).to(f32)
+            mu0 = mu[0, firsts] if cu_seqlens is not None else mu[:, 0]      # (rows, H)
+            h0 = h0 + mu0[..., None, None] * torch.einsum("brhp,brhn->bhpn", x0r, k0)
+    return Prepared(core, h0, k, phi, last, Bsz, L)
+
+
+def finish(inputs: Mapping[str, Optional[torch.Tensor]], y: torch.Tensor, prep: Prepared, rank: int) -> torch.Tensor:
+    """``out (batch, seqlen, heads, headdim)`` from the kernels' ``y (batch, slots, heads, headdim)``."""
+    if rank == 1:
+        return y
+    Bsz, L = prep.batch, prep.seqlen
+    yr = y.reshape(Bsz, L, rank, *y.shape[2:])
+    return (yr.float() * inputs["W_o"].transpose(0, 1).float()).sum(2).to(y.dtype)
+
+def final_pieces(inputs: Mapping[str, Optional[torch.Tensor]], prep: Prepared, cu_seqlens: Optional[torch.Tensor],
+                 rank: int) -> dict[str, Any]:
+    """The final ``angle``, ``k`` and ``x`` states (rows first)."""
+    x = inputs["x"]
+    if cu_seqlens is None:
+        k_last = prep.k_rot[:, -1]
+        x_last = x[:, -1]
+        phi_last = None if prep.phi is None else prep.phi[:, -1]
+    else:
+        k_last = prep.k_rot[0, prep.last]
+        x_last = x[0, prep.last]
+        phi_last = None if prep.phi is None else prep.phi[0, prep.last]
+    rows, H = x_last.shape[0], x_last.shape[1]
+    if phi_last is None:
+        phi_last = x.new_zeros((rows, H, 0), dtype=torch.float32)
+    return {"angle": phi_last, "k": k_last if rank > 1 else k_last[:, 0], "x": x_last}
+
+
 @dataclass
 class Mamba3Forward:
     """``out (batch, seqlen, heads, headdim)``; ``final_state`` ``{angle, ssm, k, x}`` or None;
@@ -177,129 +305,17 @@ class Mamba3Scan:
 
     def prepare(self, inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optional[Mapping[str, Any]],
                 cu_seqlens: Optional[torch.Tensor]) -> Prepared:
-        """Form the kernels' inputs (module docstring); differentiable in every float input."""
+        """:func:`prepare` for this program, after checking the inputs' ranks."""
         self._check(inputs)
-        p, R = self.program, self.rank
-        x, dt, adt, trap = (inputs[k] for k in ("x", "dt", "adt", "trap"))
-        Bsz, L, H, P = x.shape
-        dev, f32 = x.device, torch.float32
-        Bk, Cq = inputs["B"], inputs["C"]
-        if R == 1:
-            Bk, Cq = Bk[:, :, None], Cq[:, :, None]                       # (b, L, R, G, N)
-        G, N = Bk.shape[3], Bk.shape[4]
-        if H % G:
-            raise ValueError(f"{p.name}: the groups of B/C ({G}) must divide heads ({H})")
-
-        # sequences: start flags, the state row of every token, each row's last token
-        if cu_seqlens is None:
-            starts = torch.zeros((Bsz, L), dtype=torch.bool, device=dev)
-            starts[:, 0] = True
-            seq_of = torch.arange(Bsz, device=dev)[:, None].expand(Bsz, L)
-            last = torch.full((Bsz,), L - 1, device=dev, dtype=torch.int64)
-            firsts = torch.zeros((Bsz,), device=dev, dtype=torch.int64)
-        else:
-            cu = cu_seqlens.to(device=dev, dtype=torch.int64)
-            starts = torch.zeros((1, L + 1), dtype=torch.bool, device=dev)
-            starts[0, cu[:-1]] = True
-            starts = starts[:, :L]
-            seq_of = (torch.searchsorted(cu[1:], torch.arange(L, device=dev), right=True))[None]
-            last = cu[1:] - 1
-            firsts = cu[:-1]
-        is_last = torch.zeros_like(starts)
-        is_last[:, :-1] = starts[:, 1:]
-        is_last[:, -1] = True
-
-        delta = dt.to(f32)
-        lam = torch.sigmoid(trap.to(f32))
-        gamma = lam * delta
-        mu = (1.0 - lam) * delta
-        mu_next = torch.cat([mu[:, 1:], torch.zeros_like(mu[:, :1])], 1) * (~is_last)[..., None]
-        w = gamma + mu_next
-
-        k = Bk.to(f32).repeat_interleave(H // G, 3) if G != H else Bk.to(f32)   # (b, L, R, H, N)
-        q = Cq.to(f32).repeat_interleave(H // G, 3) if G != H else Cq.to(f32)
-        phi = None
-        rot = p.rotary
-        if rot is not None:
-            for key, which in (("B_bias", "k"), ("C_bias", "q")):
-                bias = inputs.get(key)
-                if bias is not None:
-                    bias = bias.to(f32) if R > 1 else bias.to(f32)[:, None]     # (H, R, N)
-                    if which == "k":
-                        k = k + bias.transpose(0, 1)
-                    else:
-                        q = q + bias.transpose(0, 1)
-            angles = inputs["angles"]
-            inc = delta[..., None] * (math.pi * torch.tanh(angles.to(f32)))
-            phi0 = None if initial_state is None else initial_state.get("angle")
-            phi = cumulative_angles(inc, starts, phi0, seq_of)
-            cos, sin = torch.cos(phi)[:, :, None], torch.sin(phi)[:, :, None]
-            k, q = rotate(k, cos, sin, rot.pairing), rotate(q, cos, sin, rot.pairing)
-            G = H
-        keep_groups = G != H                                             # B/C still per group
-
-        xr = x if R == 1 else (x[:, :, None] * inputs["W_x"].transpose(0, 1).to(x.dtype))
-        z = inputs.get("z")
-        if z is not None and R > 1:
-            z = z[:, :, None] * inputs["W_z"].transpose(0, 1).to(z.dtype)
-
-        def slots(t: torch.Tensor) -> torch.Tensor:                    # (b, L, R, ...) → (b, L·R, ...)
-            return t.reshape(Bsz, L * R, *t.shape[3:])
-
-        def per_slot(t: torch.Tensor) -> torch.Tensor:                 # (b, L, H) → (b, L·R, H)
-            return t if R == 1 else t[:, :, None].expand(Bsz, L, R, H).reshape(Bsz, L * R, H)
-
-        adt_s = adt.to(f32)
-        if R > 1:
-            adt_s = torch.cat([adt_s[:, :, None], adt_s.new_zeros((Bsz, L, R - 1, H))], 2).reshape(Bsz, L * R, H)
-        if keep_groups:
-            k_in, q_in = slots(Bk), slots(Cq)
-        else:
-            k_in, q_in = slots(k.to(x.dtype)), slots(q.to(x.dtype))
-        core = {
-            "x": xr if R == 1 else slots(xr), "dt": per_slot(w), "A": adt_s, "gam": per_slot(gamma),
-            "B": k_in, "C": q_in, "D": inputs.get("D"), "z": z if (z is None or R == 1) else slots(z),
-        }
-
-        h0 = None
-        if initial_state is not None and any(initial_state.get(key) is not None for key in ("ssm", "k", "x")):
-            rows = last.shape[0]
-            ssm0 = initial_state.get("ssm")
-            h0 = torch.zeros((rows, H, P, N), device=dev, dtype=f32) if ssm0 is None else ssm0.to(f32)
-            k0, x0 = initial_state.get("k"), initial_state.get("x")
-            if k0 is not None and x0 is not None:
-                k0 = k0.to(f32) if R > 1 else k0.to(f32)[:, None]                # (rows, R, H, N)
-                x0r = x0.to(f32)[:, None]                                        # (rows, 1, H, P)
-                if R > 1:
-                    x0r = x0r * inputs["W_x"].transpose(0, 1).to(f32)
-                mu0 = mu[0, firsts] if cu_seqlens is not None else mu[:, 0]      # (rows, H)
-                h0 = h0 + mu0[..., None, None] * torch.einsum("brhp,brhn->bhpn", x0r, k0)
-        return Prepared(core, h0, k, phi, last, Bsz, L)
+        rot = self.program.rotary
+        return prepare(inputs, initial_state, cu_seqlens, self.rank, None if rot is None else rot.pairing)
 
     def finish(self, inputs: Mapping[str, Optional[torch.Tensor]], y: torch.Tensor, prep: Prepared) -> torch.Tensor:
-        """``out (batch, seqlen, heads, headdim)`` from the kernels' ``y (batch, slots, heads, headdim)``."""
-        if self.rank == 1:
-            return y
-        Bsz, L = prep.batch, prep.seqlen
-        yr = y.reshape(Bsz, L, self.rank, *y.shape[2:])
-        return (yr.float() * inputs["W_o"].transpose(0, 1).float()).sum(2).to(y.dtype)
+        return finish(inputs, y, prep, self.rank)
 
     def final_pieces(self, inputs: Mapping[str, Optional[torch.Tensor]], prep: Prepared,
                      initial_state: Optional[Mapping[str, Any]], cu_seqlens: Optional[torch.Tensor]) -> dict[str, Any]:
-        """The final ``angle``, ``k`` and ``x`` states (rows first)."""
-        x = inputs["x"]
-        if cu_seqlens is None:
-            k_last = prep.k_rot[:, -1]
-            x_last = x[:, -1]
-            phi_last = None if prep.phi is None else prep.phi[:, -1]
-        else:
-            k_last = prep.k_rot[0, prep.last]
-            x_last = x[0, prep.last]
-            phi_last = None if prep.phi is None else prep.phi[0, prep.last]
-        rows, H = x_last.shape[0], x_last.shape[1]
-        if phi_last is None:
-            phi_last = x.new_zeros((rows, H, 0), dtype=torch.float32)
-        return {"angle": phi_last, "k": k_last if self.rank > 1 else k_last[:, 0], "x": x_last}
+        return final_pieces(inputs, prep, cu_seqlens, self.rank)
 
     # -- forward / backward ----------------------------------------------------------------------
     def _core_cu(self, cu_seqlens: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

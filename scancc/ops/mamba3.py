@@ -25,6 +25,7 @@ import torch
 
 from ..ir import Program, Schedule, mamba3
 from . import checks as ck
+from .mamba3_op import compiled, run_core
 
 MIN_CHUNK, MAX_CHUNK = 16, 4096
 RANKS = (1, 2, 4, 8)
@@ -32,51 +33,21 @@ STATE_NAMES = ("angle", "ssm", "k", "x")
 Result = Union[torch.Tensor, tuple[torch.Tensor, ...]]
 
 
+@torch.compiler.assume_constant_result
+def program_json(rank: int, pairing: str, skip: bool, gate: bool) -> str:
+    """The Mamba-3 program (canonical JSON) for a rank, pairing and the optional parts present."""
+    return _program(rank, pairing, skip, gate).to_json()
+
+
 @functools.lru_cache(maxsize=None)
-def _kernel(rank: int, pairing: str, skip: bool, gate: bool, chunk: int) -> Any:
-    """The compiled Mamba-3 program (built once per combination of its optional parts)."""
-    from .. import compiler
-
-    program = mamba3(rank=rank, pairing=pairing, skip=skip, gate=gate)
-    return compiler.compile(program, backend="triton", schedule=Schedule(algorithm="ssd_chunked", chunk=chunk))
+def _program(rank: int, pairing: str, skip: bool, gate: bool) -> Program:
+    return mamba3(rank=rank, pairing=pairing, skip=skip, gate=gate)
 
 
-class _Mamba3Function(torch.autograd.Function):
-    """``forward(kernel, names, state_given, cu_seqlens, want_final, *tensors)``: ``tensors`` are
-    the program's present inputs (``names``), then the four state parts when ``state_given``."""
-
-    @staticmethod
-    def forward(ctx: Any, kernel: Any, names: tuple[str, ...], state_given: bool, cu_seqlens: Optional[torch.Tensor],
-                want_final: bool, *tensors: torch.Tensor) -> Any:
-        inputs = dict(zip(names, tensors[:len(names)]))
-        state = dict(zip(STATE_NAMES, tensors[len(names):])) if state_given else None
-        need_grad = any(ctx.needs_input_grad[5:])
-        fwd = kernel.forward(inputs, initial_state=state, cu_seqlens=cu_seqlens, return_final_state=want_final,
-                             save_for_backward=need_grad)
-        ctx.kernel, ctx.names, ctx.state_given, ctx.cu, ctx.want_final = kernel, names, state_given, cu_seqlens, want_final
-        ctx.fwd = fwd if need_grad else None
-        ctx.save_for_backward(*tensors)
-        if not want_final:
-            return fwd.out
-        final = fwd.final_state
-        return (fwd.out, *(final[k].clone() for k in STATE_NAMES))  # never a view of an input
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: Optional[torch.Tensor], *grad_final: Optional[torch.Tensor]) -> Any:
-        if ctx.fwd is None:
-            raise RuntimeError("mamba3: backward called but the forward ran without gradient tracking")
-        tensors = ctx.saved_tensors
-        names = ctx.names
-        inputs = dict(zip(names, tensors[:len(names)]))
-        state = dict(zip(STATE_NAMES, tensors[len(names):])) if ctx.state_given else None
-        gfs = dict(zip(STATE_NAMES, grad_final)) if ctx.want_final else None
-        grads = ctx.kernel.backward(ctx.fwd, inputs, grad_out, gfs, initial_state=state, cu_seqlens=ctx.cu)
-        ctx.fwd = None
-        result: list[Optional[torch.Tensor]] = [grads.get(n) for n in names]
-        if ctx.state_given:
-            gs = grads.get("initial_state") or {}
-            result += [gs.get(k) for k in STATE_NAMES]
-        return (None, None, None, None, None, *result)
+@torch.compiler.assume_constant_result
+def schedule_json(chunk: int) -> str:
+    """The chunked schedule (JSON) with ``chunk`` tokens per chunk."""
+    return Schedule(algorithm="ssd_chunked", chunk=chunk).to_json()
 
 
 # -- argument checks ------------------------------------------------------------------------------
@@ -185,13 +156,20 @@ def _program_inputs(a: dict[str, Any], seq_axis: bool) -> dict[str, Optional[tor
 
 def _run(a: dict[str, Any], inputs: dict[str, Optional[torch.Tensor]], rank: int, pairing: str, chunk: int,
          states: Optional[Sequence[torch.Tensor]], cu_seqlens: Optional[torch.Tensor], want_final: bool) -> Result:
-    kernel = _kernel(rank, pairing, inputs.get("D") is not None, inputs.get("z") is not None, chunk)
-    program: Program = kernel.program
-    order = [spec.name for spec in program.tensors()]
-    present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]
-    names = tuple(k for k, _ in present)
-    tensors = [t for _, t in present] + (list(states) if states is not None else [])
-    return _Mamba3Function.apply(kernel, names, states is not None, cu_seqlens, want_final, *tensors)
+    """The torch preparation (:func:`scancc.backends.triton_mamba3.prepare`, traced by
+    ``torch.compile``, differentiated by autograd) around the core op ``scancc::mamba3_core``."""
+    from ..backends import triton_mamba3 as m3
+
+    program = program_json(rank, pairing, inputs.get("D") is not None, inputs.get("z") is not None)
+    state = None if states is None else dict(zip(STATE_NAMES, states))
+    prep = m3.prepare(inputs, state, cu_seqlens, rank, pairing)
+    core_cu = None if cu_seqlens is None else cu_seqlens * rank
+    y, ssm = run_core(program, schedule_json(chunk), prep.core, prep.h0, core_cu, want_final)
+    out = m3.finish(inputs, y, prep, rank)
+    if not want_final:
+        return out
+    pieces = m3.final_pieces(inputs, prep, cu_seqlens, rank)
+    return out, pieces["angle"], ssm, pieces["k"], pieces["x"].clone()  # never a view of an input
 
 
 # -- public ops -------------------------------------------------------------------------------------
@@ -388,7 +366,8 @@ def mamba3_step(
     if mimo:
         W = _weights(W_x, W_z, W_o, a["heads"], rank, a["headdim"], a["V"])
         seq.update(zip(("W_x", "W_z", "W_o"), W))
-    kernel = _kernel(rank, pairing, seq.get("D") is not None, seq.get("z") is not None, MIN_CHUNK)
+    kernel = compiled(program_json(rank, pairing, seq.get("D") is not None, seq.get("z") is not None),
+                      schedule_json(MIN_CHUNK))
     with torch.no_grad():
         fwd = kernel.forward(seq, initial_state=dict(zip(STATE_NAMES, states)), return_final_state=True)
         final = fwd.final_state

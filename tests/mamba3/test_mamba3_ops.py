@@ -85,8 +85,10 @@ def test_gradients_match_oracle_autograd(case: Case) -> None:
     names = [k for k, v in args.items() if v is not None]
     leaves = [args[k] for k in names] + list(states or ())
     leaves64 = [args64[k] for k in names] + list(states64 or ())
-    got = torch.autograd.grad(loss, leaves)
-    want = [torch.zeros_like(v) if w is None else w            # W_z without Z takes no part
+    # W_z without Z takes no part: no gradient (None) on either side, compared as zeros
+    got = [torch.zeros_like(v) if g is None else g
+           for v, g in zip(leaves, torch.autograd.grad(loss, leaves, allow_unused=True))]
+    want = [torch.zeros_like(v) if w is None else w
             for v, w in zip(leaves64, torch.autograd.grad(loss64, leaves64, allow_unused=True))]
     labels = names + [f"state {k}" for k in (STATES if states else ())]
     for label, g, w in zip(labels, got, want):

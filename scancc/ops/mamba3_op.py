@@ -1,0 +1,163 @@
+"""``torch.library`` custom ops behind the Mamba-3 ops: the chunked core and the decode step.
+
+The Mamba-3 sequence ops (:mod:`scancc.ops.mamba3`) are torch preparation (sigmoid(trap), γ,
+w, rotary angles and rotation, biases, GQA, MIMO slots, augmented initial state: plain,
+differentiable torch code that ``torch.compile`` traces) around one opaque op pair:
+
+    mamba3_core(program, schedule, names, inputs, initial_state, cu_seqlens, return_final_state)
+        -> (Tensor out, Tensor final_state)
+    mamba3_core_backward(..., grad_out, grad_final_state) -> Tensor[]
+
+``inputs`` are the present core inputs of :data:`scancc.backends.triton_ssd.CORE_INPUTS`
+(``x (batch, slots, heads, headdim)``, ``dt`` (the column weight w), ``A`` (the log-decay),
+``gam``, ``B, C (batch, slots, heads or groups, dstate)``, ``D``, ``z``) listed by name in
+``names``; ``program``/``schedule`` are the Mamba-3 program's and schedule's JSON. As with
+``scancc::scan`` (:mod:`scancc.ops.registry`), the backward op recomputes what it needs of the
+forward (chunk sums and passed states, no output) rather than returning kernel checkpoints
+of backend-specific shape, so both ops have fake kernels computed from shapes alone.
+
+``mamba3_step`` advances the four decode states ``(angle, ssm, k, x)`` in place by one token
+(:mod:`scancc.backends.triton_mamba3_step`); it declares them mutated, so compiled graphs and
+CUDA graphs keep the update.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..ir import Program, Schedule
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(program_json: str, schedule_json: str) -> Any:
+    """The :class:`~scancc.backends.triton_mamba3.Mamba3Scan` of a Mamba-3 program, built once."""
+    from .. import compiler
+
+    program = Program.from_json(program_json)
+    schedule = Schedule.from_dict(json.loads(schedule_json))
+    return compiler.compile(program, backend="triton", schedule=schedule)
+
+
+def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    keys = names.split(",") if names else []
+    if len(keys) != len(inputs):
+        raise ValueError(f"names lists {len(keys)} inputs but {len(inputs)} tensors were given")
+    return {k: t.contiguous() for k, t in zip(keys, inputs)}
+
+
+def _state_shape(named: dict[str, Any], cu_seqlens: Optional[torch.Tensor]) -> tuple[int, int, int, int]:
+    x, B = named["x"], named["B"]
+    rows = x.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return (rows, x.shape[2], x.shape[3], B.shape[3])
+
+
+# -- the chunked core ------------------------------------------------------------------------------
+@torch.library.custom_op("scancc::mamba3_core", mutates_args=())
+def core(
+    program: str,
+    schedule: str,
+    names: str,
+    inputs: Sequence[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    return_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``out`` like ``x``, and the final state ``(num_seqs, heads, headdim, dstate)`` fp32 (an
+    empty ``(0,)`` tensor unless ``return_final_state``)."""
+    named = _named(names, inputs)
+    fwd = compiled(program, schedule).core.forward(
+        named, initial_state=None if initial_state is None else initial_state.contiguous(),
+        cu_seqlens=cu_seqlens, return_final_state=return_final_state)
+    x = named["x"]
+    final = fwd.final_state.contiguous() if return_final_state else x.new_empty((0,), dtype=torch.float32)
+    return fwd.out.contiguous(), final
+
+
+@core.register_fake
+def _core_fake(program, schedule, names, inputs, initial_state, cu_seqlens, return_final_state):  # noqa: ANN001, ANN202
+    named = dict(zip(names.split(","), inputs))
+    x = named["x"]
+    out = x.new_empty(x.shape)
+    if not return_final_state:
+        return out, x.new_empty((0,), dtype=torch.float32)
+    return out, x.new_empty(_state_shape(named, cu_seqlens), dtype=torch.float32)
+
+
+@torch.library.custom_op("scancc::mamba3_core_backward", mutates_args=())
+def core_backward(
+    program: str,
+    schedule: str,
+    names: str,
+    inputs: Sequence[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    grad_out: torch.Tensor,
+    grad_final_state: Optional[torch.Tensor],
+) -> list[torch.Tensor]:
+    """Gradients of every input (``names`` order), then of ``initial_state`` if given."""
+    named = _named(names, inputs)
+    scan = compiled(program, schedule).core
+    h0 = None if initial_state is None else initial_state.contiguous()
+    fwd = scan.prepare_backward(named, initial_state=h0, cu_seqlens=cu_seqlens,
+                                return_final_state=grad_final_state is not None)
+    grads = scan.backward(fwd, named, grad_out.contiguous(),
+                          None if grad_final_state is None else grad_final_state.contiguous(),
+                          initial_state=h0, cu_seqlens=cu_seqlens)
+    result = []
+    for key, t in named.items():
+        g = grads.get(key)
+        result.append(torch.zeros_like(t) if g is None else g.reshape(t.shape).contiguous())
+    if h0 is not None:
+        g = grads.get("initial_state")
+        result.append(torch.zeros_like(h0) if g is None else g.contiguous())
+    return result
+
+
+@core_backward.register_fake
+def _core_backward_fake(program, schedule, names, inputs, initial_state, cu_seqlens, grad_out,  # noqa: ANN001, ANN202
+                        grad_final_state):
+    grads = [t.new_empty(t.shape) for t in inputs]
+    if initial_state is not None:
+        grads.append(initial_state.new_empty(initial_state.shape))
+    return grads
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+    program, schedule, names, tensors, initial_state, cu_seqlens, return_final_state = inputs
+    ctx.config = (program, schedule, names, return_final_state)
+    ctx.count = len(tensors)
+    ctx.has_state = initial_state is not None
+    ctx.has_cu = cu_seqlens is not None
+    ctx.save_for_backward(*tensors, *([initial_state] if ctx.has_state else []),
+                          *([cu_seqlens] if ctx.has_cu else []))
+
+
+def _backward(ctx: Any, grad_out: torch.Tensor, grad_final_state: Optional[torch.Tensor]) -> tuple:
+    program, schedule, names, return_final_state = ctx.config
+    saved = ctx.saved_tensors
+    tensors = list(saved[:ctx.count])
+    initial_state = saved[ctx.count] if ctx.has_state else None
+    cu_seqlens = saved[-1] if ctx.has_cu else None
+    grads = core_backward(program, schedule, names, tensors, initial_state, cu_seqlens, grad_out,
+                          grad_final_state if return_final_state else None)
+    state_grad = grads[ctx.count] if ctx.has_state else None
+    return None, None, None, list(grads[:ctx.count]), state_grad, None, None
+
+
+core.register_autograd(_backward, setup_context=_setup_context)
+
+
+def run_core(program_json: str, schedule_json: str, inputs: dict[str, Optional[torch.Tensor]],
+             initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+             return_final_state: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The core op on the present ``inputs`` (core names); ``(out, final ssm state or None)``."""
+    from ..backends.triton_ssd import CORE_INPUTS
+
+    present = [(k, inputs[k]) for k, _ in CORE_INPUTS if inputs.get(k) is not None]
+    out, final = core(program_json, schedule_json, ",".join(k for k, _ in present), [t for _, t in present],
+                      initial_state, cu_seqlens, return_final_state)
+    return out, (final if return_final_state else None)
