@@ -1,5 +1,5 @@
 """Mamba-3 SISO (mamba3_siso_combined), bf16, as a Mamba-3 layer calls it: rotary on every pair,
-q/k biases, D and the z gate.
+q/k biases, D and the z gate; and the decode step (mamba3_step) against copy bandwidth.
 
 Shapes ``(batch, seqlen, nheads, headdim_v, nheads_qk, headdim_qk, chunk)``: the anchor B4 L4096
 H32 Dv64 Hqk1 Dqk128 chunk 64 (the shape mamba-ssm's kernels are tuned for), then L 1K and 16K;
@@ -10,6 +10,11 @@ Bytes (the least any kernel must move, bf16): the forward reads ``Q, K, V, Z, An
 ``ADT, DT, Trap`` (fp32 ADT/DT) and writes ``out``; the backward reads them again with ``dout``
 and writes their gradients. Outputs are checked against the float64 oracle (sequential, on the
 GPU) on batch row 0 and heads 0–1.
+
+Decode (mode ``decode``, shapes ``(batch, nheads, headdim_v, headdim_qk, rank)``, B64 H32 P64
+N128, SISO and MIMO rank 4): one token of ``mamba3_step`` on fp32 states with bf16 tokens. Bytes:
+the four states read and written (the ssm state is nearly all of it); the row's % of copy is
+the step's state bandwidth against ``Tensor.copy_``. Checked against the float64 oracle's step.
 
     PYTHONPATH=.anchors python benchmarks/bench_mamba3.py --out results/
     python benchmarks/bench_mamba3.py --smoke --out /tmp/bench   # CPU, interpreter
@@ -31,6 +36,8 @@ MODES = ("fwd", "fwd+bwd")
 ANCHOR = (4, 4096, 32, 64, 1, 128, 64)
 FULL_SHAPES = [ANCHOR, (4, 1024, 32, 64, 1, 128, 64), (4, 16384, 32, 64, 1, 128, 64)]
 SMOKE_SHAPES = [(1, 48, 2, 16, 1, 16, 16)]
+DECODE_SHAPES = [(64, 32, 64, 128, 1), (64, 32, 64, 128, 4)]
+SMOKE_DECODE_SHAPES = [(2, 2, 8, 16, 1), (2, 2, 8, 16, 2)]
 ARGS = ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "Angles")
 GRAD_ARGS = ARGS + ("D", "Z")
 
@@ -121,8 +128,91 @@ def oracle_error(inputs: dict[str, Any], out: Any) -> float:
     return rel_l2(out[:1, :, :h], ref)
 
 
+def decode_name(batch: int, heads: int, headdim: int, dstate: int, rank: int) -> str:
+    return f"decode B{batch} H{heads} P{headdim} N{dstate} R{rank}"
+
+
+def decode_state_bytes(batch: int, heads: int, headdim: int, dstate: int, rank: int) -> float:
+    """The four fp32 states, read and written: ssm ``P·N``, k ``R·N``, x ``P``, angle ``N/2`` per head."""
+    per_head = headdim * dstate + rank * dstate + headdim + dstate // 2
+    return 2.0 * 4 * batch * heads * per_head
+
+
+def make_decode_inputs(batch: int, heads: int, headdim: int, dstate: int, rank: int,
+                       device: str) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """``mamba3_step`` keyword arguments (bf16 tokens, one q/k head) and fp32 states."""
+    import torch
+
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(*shape: int, scale: float = 1.0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        return (scale * torch.randn(*shape, device=device, generator=gen)).to(dtype)
+
+    lead = (batch, rank) if rank > 1 else (batch,)
+    bias = (heads, rank, dstate) if rank > 1 else (heads, dstate)
+    DT = torch.nn.functional.softplus(randn(batch, heads, scale=0.5, dtype=torch.float32) - 3.0)
+    kwargs: dict[str, Any] = {
+        "Q": randn(*lead, 1, dstate, scale=dstate ** -0.5), "K": randn(*lead, 1, dstate, scale=dstate ** -0.5),
+        "V": randn(batch, heads, headdim), "ADT": -4.0 * DT, "DT": DT, "Trap": randn(batch, heads),
+        "Q_bias": randn(*bias, scale=0.1, dtype=torch.float32), "K_bias": randn(*bias, scale=0.1, dtype=torch.float32),
+        "Angles": randn(batch, heads, dstate // 2), "D": randn(heads, dtype=torch.float32),
+        "Z": randn(batch, heads, headdim),
+    }
+    if rank > 1:
+        kwargs.update({w: randn(heads, rank, headdim, scale=0.5, dtype=torch.float32) + 1.0
+                       for w in ("W_x", "W_z", "W_o")})
+    k_shape = (batch, rank, heads, dstate) if rank > 1 else (batch, heads, dstate)
+    states = (randn(batch, heads, dstate // 2, dtype=torch.float32), randn(batch, heads, headdim, dstate,
+              scale=0.1, dtype=torch.float32), randn(*k_shape, dtype=torch.float32),
+              randn(batch, heads, headdim, dtype=torch.float32))
+    return kwargs, states
+
+
+def decode_error(kwargs: dict[str, Any], states: tuple[Any, ...], out: Any, rank: int) -> float:
+    """rel-L2 of ``out`` (one step from ``states``) against the float64 oracle's step."""
+    import torch
+
+    from scancc.ir import mamba3
+    from scancc.oracle import rel_l2, sequential
+
+    program = mamba3(rank=rank, pairing="halves" if rank > 1 else "interleaved").as_step()
+    names = {"Q": "C", "K": "B", "V": "x", "ADT": "adt", "DT": "dt", "Trap": "trap", "Q_bias": "C_bias",
+             "K_bias": "B_bias", "Angles": "angles", "D": "D", "Z": "z", "W_x": "W_x", "W_z": "W_z", "W_o": "W_o"}
+    inputs = {names[k]: v.double() for k, v in kwargs.items()}
+    state = dict(zip(("angle", "ssm", "k", "x"), (s.double() for s in states)))
+    with torch.no_grad():
+        ref, _ = sequential(program, inputs, initial_state=state, return_final_state=True)
+    return rel_l2(out, ref)
+
+
+def decode_bandwidth(batch: int, heads: int, headdim: int, dstate: int, rank: int, device: str) -> dict[str, float]:
+    """One ``mamba3_step`` timed against ``Tensor.copy_`` of the ssm state (both read and write
+    it once): ``{"step_ms", "copy_ms", "state_gbps", "copy_gbps", "fraction", "err"}``."""
+    import torch
+
+    from scancc.ops import mamba3_step
+
+    kwargs, states = make_decode_inputs(batch, heads, headdim, dstate, rank, device)
+    work = tuple(s.clone() for s in states)
+    out = mamba3_step(work, **kwargs)
+    err = decode_error(kwargs, states, out, rank)
+    step_ms = common.bench_ms(lambda: mamba3_step(work, **kwargs), device)
+    ssm = states[1]
+    dst = torch.empty_like(ssm)
+    copy_ms = common.bench_ms(lambda: dst.copy_(ssm), device)
+    state_gbps = decode_state_bytes(batch, heads, headdim, dstate, rank) / (step_ms * 1e-3) / 1e9
+    copy_gbps = 2.0 * ssm.numel() * ssm.element_size() / (copy_ms * 1e-3) / 1e9
+    return {"step_ms": step_ms, "copy_ms": copy_ms, "state_gbps": state_gbps, "copy_gbps": copy_gbps,
+            "fraction": state_gbps / copy_gbps, "err": err}
+
+
 def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
     import torch
+
+    if case["mode"] == "decode":
+        result = decode_bandwidth(*case["shape"], device=device)
+        return {"time_ms": result["step_ms"], "err": result["err"],
+                "note": f"{100 * result['fraction']:.0f}% of a same-size copy_ ({result['copy_ms'] * 1e3:.1f} us)"}
 
     batch, seqlen, heads, headdim, heads_qk, dstate, chunk = case["shape"]
     fn = load_impl(case["impl"], device)
@@ -150,13 +240,18 @@ def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
 
 
 def plan_cases(smoke: bool) -> list[dict[str, Any]]:
-    return [{"impl": impl, "shape": shape, "mode": mode}
-            for shape in (SMOKE_SHAPES if smoke else FULL_SHAPES) for mode in MODES for impl in IMPLS]
+    cases = [{"impl": impl, "shape": shape, "mode": mode}
+             for shape in (SMOKE_SHAPES if smoke else FULL_SHAPES) for mode in MODES for impl in IMPLS]
+    return cases + [{"impl": "scancc", "shape": shape, "mode": "decode"}
+                    for shape in (SMOKE_DECODE_SHAPES if smoke else DECODE_SHAPES)]
 
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     def make_row(case: dict[str, Any]) -> common.Row:
         shape, mode = tuple(case["shape"]), case["mode"]
+        if mode == "decode":
+            return common.Row(bench="mamba3", case=decode_name(*shape), impl=case["impl"], mode=mode, dtype="bfloat16",
+                              bytes=decode_state_bytes(*shape), group=decode_name(*shape))
         return common.Row(bench="mamba3", case=shape_name(*shape), impl=case["impl"], mode=mode, dtype="bfloat16",
                           bytes=min_bytes(*shape, mode), group=f"{shape_name(*shape)} {mode}",
                           note="rel-L2: forward output" if mode != "fwd" else "")

@@ -12,6 +12,9 @@ dstate)``; :meth:`TritonStep.update` takes tensors in that layout (any strides: 
 
 Schedule: ``algorithm="step"``; ``block_d`` the rows of ``dim`` per program (default: about
 ``STATE_TILE`` state values per program), ``num_warps``.
+
+Mamba-3 step programs (trapezoid input: four decode states, rotary, MIMO) have a template of
+their own; the four functions below hand them to :mod:`scancc.backends.triton_mamba3_step`.
 """
 
 from __future__ import annotations
@@ -36,8 +39,19 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+def _mamba3(program: Program) -> Any:
+    """:mod:`scancc.backends.triton_mamba3_step` for Mamba-3 programs, else ``None``."""
+    if program.input.kind != "trapezoid":
+        return None
+    from . import triton_mamba3_step
+
+    return triton_mamba3_step
+
+
 def unsupported_reason(program: Program, schedule: Schedule) -> Optional[str]:
     """Why the step kernel cannot run ``program`` with ``schedule``, or ``None``."""
+    if _mamba3(program):
+        return _mamba3(program).unsupported_reason(program, schedule)
     if program.mode != "step":
         return "the step kernel lowers single-token programs (mode 'step') only"
     if program.state.complex or program.rotary is not None:
@@ -62,6 +76,8 @@ def unsupported_reason(program: Program, schedule: Schedule) -> Optional[str]:
 
 def default_schedule(program: Program) -> Schedule:
     """``step``: tiles sized at launch (about ``STATE_TILE`` state values), 4 warps."""
+    if _mamba3(program):
+        return _mamba3(program).default_schedule(program)
     return Schedule(algorithm="step", num_warps=DEFAULT_WARPS)
 
 
@@ -73,10 +89,14 @@ def template_context(program: Program) -> dict[str, Any]:
 
 def lower(program: Program, schedule: Schedule) -> str:
     """The kernel source; :meth:`TritonBackend.lower` has already refused what cannot be lowered."""
+    if _mamba3(program):
+        return _mamba3(program).lower(program, schedule)
     return render(TEMPLATE, **template_context(program))
 
 
-def build(program: Program, schedule: Schedule, source: str) -> "TritonStep":
+def build(program: Program, schedule: Schedule, source: str) -> Any:
+    if _mamba3(program):
+        return _mamba3(program).build(program, schedule, source)
     return TritonStep(program, schedule, source, load_source(source, "triton", program.name))
 
 

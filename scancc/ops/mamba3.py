@@ -25,7 +25,8 @@ import torch
 
 from ..ir import Program, Schedule, mamba3
 from . import checks as ck
-from .mamba3_op import compiled, run_core
+from .mamba3_op import run_core
+from .mamba3_op import step as mamba3_step_op
 
 MIN_CHUNK, MAX_CHUNK = 16, 4096
 RANKS = (1, 2, 4, 8)
@@ -339,41 +340,78 @@ def mamba3_step(
     headdim_v)``; ``ADT, DT, Trap: (batch, nheads)``; ``Angles: (batch, nheads, headdim_angles)``;
     biases, D and W as in the sequence ops. ``state`` as ``Input_States`` of
     :func:`mamba3_siso_combined` (MIMO ``k``: ``(batch, R, nheads, headdim_qk)``), any float
-    dtype; it holds the state after this token on return. Returns ``out (batch, nheads, headdim_v)``.
+    dtype and strides; it holds the state after this token on return. Returns ``out (batch,
+    nheads, headdim_v)``.
 
-    The step runs the chunked kernels on a sequence of one token (no gradient).
+    One Triton kernel (:mod:`scancc.backends.triton_mamba3_step`) behind the custom op
+    ``scancc::mamba3_step``, which declares the four states mutated (no gradient).
     """
     mimo = W_x is not None or W_z is not None or W_o is not None
     Q = ck.check_tensor("Q", Q)
     rank = 1
     if mimo:
+        if W_x is None or W_z is None or W_o is None:
+            raise ValueError("W_x, W_z, W_o: MIMO decode takes all three or none")
         if Q.dim() != 4 or Q.shape[1] not in RANKS:
             raise ValueError(f"Q: expected (batch, rank, nheads_qk, headdim_qk) with rank in {RANKS} (MIMO), "
                              f"got shape {tuple(Q.shape)}")
         rank = Q.shape[1]
-    pairing = "halves" if mimo else "interleaved"
-    a = _check_common(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, rank, pairing, False)
     if not isinstance(state, (tuple, list)) or len(state) != 4 or any(s is None for s in state):
         raise ValueError("state: expected the tuple (angle_state, ssm_state, k_state, v_state), all four given")
     for i, s in enumerate(state):
         if not isinstance(s, torch.Tensor):
             raise TypeError(f"state[{i}]: expected a torch.Tensor, got {type(s).__name__}")
-    states = _states(tuple(state), a["batch"], a["heads"], a["headdim"], a["dstate"], a["pairs"], rank, a["V"])
+    pairing = "halves" if mimo else "interleaved"
+    k_state = state[2]
+    if mimo and rank == 1:
+        # rank 1 carries a rank axis of size 1 on Q, K, the biases and the k state: checked without it
+        K = ck.check_tensor("K", K)
+        if K.dim() != 4 or K.shape[1] != 1:
+            raise ValueError(f"K: expected (batch, 1, nheads_qk, headdim_qk) like Q, got {tuple(K.shape)}")
+        if k_state.dim() != 4 or k_state.shape[1] != 1:
+            raise ValueError(f"state[2] (k): expected (batch, 1, nheads, headdim_qk), got {tuple(k_state.shape)}")
+        biases = []
+        for name, bias in (("Q_bias", Q_bias), ("K_bias", K_bias)):
+            if bias is not None:
+                bias = ck.check_tensor(name, bias)
+                if bias.dim() != 3 or bias.shape[1] != 1:
+                    raise ValueError(f"{name}: expected (nheads, 1, headdim_qk), got {tuple(bias.shape)}")
+                bias = bias[:, 0]
+            biases.append(bias)
+        a = _check_common(Q[:, 0], K[:, 0], V, ADT, DT, Trap, *biases, Angles, D, Z, 1, pairing, False)
+        k_state = k_state[:, 0]
+    else:
+        a = _check_common(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, rank, pairing, False)
+    states = _states((state[0], state[1], k_state, state[3]), a["batch"], a["heads"], a["headdim"], a["dstate"],
+                     a["pairs"], rank, a["V"])
     assert states is not None
-    inputs = _program_inputs(a, False)
-    seq = {k: (None if v is None else v[:, None]) for k, v in inputs.items() if k not in ("B_bias", "C_bias", "D")}
-    seq.update({k: inputs[k] for k in ("B_bias", "C_bias", "D")})
+    angle, ssm, k_state, x_state = states
+    W: tuple[Optional[torch.Tensor], ...] = (None, None, None)
     if mimo:
         W = _weights(W_x, W_z, W_o, a["heads"], rank, a["headdim"], a["V"])
-        seq.update(zip(("W_x", "W_z", "W_o"), W))
-    kernel = compiled(program_json(rank, pairing, seq.get("D") is not None, seq.get("z") is not None),
-                      schedule_json(MIN_CHUNK))
-    with torch.no_grad():
-        fwd = kernel.forward(seq, initial_state=dict(zip(STATE_NAMES, states)), return_final_state=True)
-        final = fwd.final_state
-        for target, key in zip(state, STATE_NAMES):
-            target.copy_(final[key].to(target.dtype))
-    return fwd.out[:, 0]
+
+    def with_rank(t: Optional[torch.Tensor], axis: int) -> Optional[torch.Tensor]:
+        return t if t is None or (mimo and rank > 1) else t.unsqueeze(axis)
+
+    V = a["V"]
+    program = step_program_json(rank, pairing, a["D"] is not None, a["Z"] is not None)
+    return mamba3_step_op(
+        program, step_schedule_json(), angle, ssm, with_rank(k_state, 1), x_state, V, a["DT"], a["ADT"], a["Trap"],
+        a["Angles"], with_rank(a["Q"].to(V.dtype), 1), with_rank(a["K"].to(V.dtype), 1), with_rank(a["Q_bias"], 1),
+        with_rank(a["K_bias"], 1), a["D"], a["Z"], *W)
+
+
+@torch.compiler.assume_constant_result
+def step_program_json(rank: int, pairing: str, skip: bool, gate: bool) -> str:
+    """The decode form (``as_step()``) of :func:`program_json`'s program."""
+    return _program(rank, pairing, skip, gate).as_step().to_json()
+
+
+@torch.compiler.assume_constant_result
+def step_schedule_json() -> str:
+    from ..backends.triton_mamba3_step import default_schedule
+
+    return default_schedule(_program(1, "interleaved", True, True).as_step()).to_json()
 
 
 __all__ = ["mamba3_mimo", "mamba3_siso_combined", "mamba3_step"]

@@ -42,6 +42,11 @@ def compiled(program_json: str, schedule_json: str) -> Any:
     return compiler.compile(program, backend="triton", schedule=schedule)
 
 
+def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The decode output, which the kernel fully overwrites (tests fill it with NaN)."""
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
 def _named(names: str, inputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
     keys = names.split(",") if names else []
     if len(keys) != len(inputs):
@@ -161,3 +166,46 @@ def run_core(program_json: str, schedule_json: str, inputs: dict[str, Optional[t
     out, final = core(program_json, schedule_json, ",".join(k for k, _ in present), [t for _, t in present],
                       initial_state, cu_seqlens, return_final_state)
     return out, (final if return_final_state else None)
+
+
+# -- the decode step -------------------------------------------------------------------------------
+@torch.library.custom_op("scancc::mamba3_step", mutates_args=("angle", "ssm", "k_state", "x_state"))
+def step(
+    program: str,
+    schedule: str,
+    angle: torch.Tensor,
+    ssm: torch.Tensor,
+    k_state: torch.Tensor,
+    x_state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    adt: torch.Tensor,
+    trap: torch.Tensor,
+    angles: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    q_bias: Optional[torch.Tensor],
+    k_bias: Optional[torch.Tensor],
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    W_x: Optional[torch.Tensor],
+    W_z: Optional[torch.Tensor],
+    W_o: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """One token in the kernel layout of :class:`~scancc.backends.triton_mamba3_step.StepInputs`;
+    ``k_state`` is ``(batch, R, heads, N)``. Returns ``out (batch, heads, P)`` in x's dtype."""
+    from ..backends.triton_mamba3_step import StepInputs
+
+    def c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.contiguous()
+
+    inputs = StepInputs(x=c(x), dt=c(dt), adt=c(adt), trap=c(trap), angles=c(angles), q=c(q), k=c(k),
+                        q_bias=c(q_bias), k_bias=c(k_bias), D=c(D), z=c(z), W_x=c(W_x), W_z=c(W_z), W_o=c(W_o))
+    out = _empty(tuple(x.shape), device=x.device, dtype=x.dtype)
+    compiled(program, schedule).update(angle, ssm, k_state, x_state, inputs, out)
+    return out
+
+
+@step.register_fake
+def _step_fake(program, schedule, angle, ssm, k_state, x_state, x, *rest):  # noqa: ANN001, ANN002, ANN202
+    return torch.empty(tuple(x.shape), dtype=x.dtype, device=x.device)

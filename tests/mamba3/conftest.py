@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from scancc.backends import triton_ssd
+from scancc.ops import mamba3_op
 
 
 def poison_empty(shape: tuple[int, ...], *, device: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -18,3 +19,4 @@ def poison_empty(shape: tuple[int, ...], *, device: Any, dtype: torch.dtype) -> 
 @pytest.fixture(autouse=True)
 def poisoned_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(triton_ssd, "_empty", poison_empty)
+    monkeypatch.setattr(mamba3_op, "_empty", poison_empty)

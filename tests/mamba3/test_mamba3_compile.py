@@ -8,7 +8,7 @@ import torch
 from m3_cases import STATES, Case
 
 from scancc import oracle
-from scancc.ops import mamba3_mimo, mamba3_siso_combined
+from scancc.ops import mamba3_mimo, mamba3_siso_combined, mamba3_step
 
 SISO_ARGS = ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "Angles", "D", "Z")
 MIMO_ARGS = ("Q", "K", "V", "ADT", "DT", "Trap", "Q_bias", "K_bias", "Angles", "W_x", "W_z", "W_o", "D", "Z")
@@ -61,6 +61,21 @@ def test_no_graph_breaks() -> None:
     explained = torch._dynamo.explain(siso)(*_siso_inputs(False))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+def test_step_fullgraph_updates_states_in_place() -> None:
+    case = Case(seqlen=1, heads=2, heads_qk=1, headdim=4, dstate=8, rank=2, states=True, seed=7)
+    a = case.args()
+    step = dict(Q=a["Q"][:, 0], K=a["K"][:, 0], V=a["V"][:, 0], ADT=a["ADT"][:, :, 0], DT=a["DT"][:, :, 0],
+                Trap=a["Trap"][:, :, 0], Q_bias=a["Q_bias"], K_bias=a["K_bias"], Angles=a["Angles"][:, 0],
+                D=a["D"], Z=a["Z"][:, 0], W_x=a["W_x"], W_z=a["W_z"], W_o=a["W_o"])
+    eager_state = case.state_args()
+    compiled_state = case.state_args()
+    want = mamba3_step(eager_state, **step)
+    got = torch.compile(mamba3_step, fullgraph=True, backend="aot_eager")(compiled_state, **step)
+    assert oracle.rel_l2(got, want) <= 1e-6
+    for name, s, r in zip(STATES, compiled_state, eager_state):
+        assert oracle.rel_l2(s, r) <= 1e-6, name
 
 
 @pytest.mark.slow
