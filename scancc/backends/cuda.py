@@ -5,6 +5,11 @@
 - diagonal family (vector state, channel layout: linear / HGRN / RG-LRU incl. complex,
   LTI / LRU, Mamba-1 selective with every flag): forward and backward,
   :mod:`scancc.backends.cuda_diag`, schedule ``sequential``;
+- first-order scans (linear / HGRN / RG-LRU, real or complex): schedule ``chunked_scan``
+  (the default), forward and backward, :mod:`scancc.backends.cuda_linear`;
+- Mamba-1 selective scans with real ``A`` and time-varying B/C: schedule ``chunked_scan``
+  (the default), a chunked forward with the sequential backward,
+  :mod:`scancc.backends.cuda_selective`;
 - single-token decode programs (``mode="step"``: Mamba-1 / Mamba-2 selective state update):
   :mod:`scancc.backends.cuda_step`, schedule ``step``;
 - matrix states (SSD, GLA, Mamba-3 incl. rotary and MIMO): a recurrent schedule, forward
@@ -35,6 +40,16 @@ def _family(program: Program) -> str:
     return "diagonal" if program.state.shape == "vector" else "matrix"
 
 
+def _chunked_module(program: Program) -> Any:
+    """The module of the chunked diagonal kernels that run ``program``, or ``None``."""
+    from . import cuda_linear, cuda_selective
+
+    for module in (cuda_linear, cuda_selective):
+        if module.unsupported_reason(program) is None:
+            return module
+    return None
+
+
 class CUDABackend:
     """Raw CUDA kernels through CuPy (see the module docstring)."""
 
@@ -61,17 +76,25 @@ class CUDABackend:
         reason = diagonal_unsupported(program)
         if reason is not None:
             return reason
-        if schedule.algorithm != "sequential":
-            return f"the CUDA diagonal kernels implement algorithm 'sequential', not {schedule.algorithm!r}"
-        return None
+        if schedule.algorithm == "sequential":
+            return None
+        if schedule.algorithm == "chunked_scan":
+            if _chunked_module(program) is not None:
+                return None
+            return ("algorithm 'chunked_scan' runs first-order scans (linear / HGRN / RG-LRU) and selective scans "
+                    "with real A and time-varying B/C on the CUDA backend; this program takes 'sequential'")
+        return (f"the CUDA diagonal kernels implement algorithms 'sequential' and 'chunked_scan', "
+                f"not {schedule.algorithm!r}")
 
     def supports(self, program: Program, schedule: Schedule) -> bool:
         return self.unsupported_reason(program, schedule) is None
 
     def default_schedule(self, program: Program) -> Schedule:
-        """Diagonal family: ``sequential`` with 4 warps (``block_n``/``block_d``/``block_l`` chosen
-        per shape by :func:`scancc.backends.cuda_diag.choose_config`); decode: ``step``; matrix
-        states: ``sequential`` (recurrent)."""
+        """First-order and real selective scans: ``chunked_scan`` (tiles and warps for an H100,
+        :mod:`scancc.backends.cuda_linear` / :mod:`scancc.backends.cuda_selective`); the rest of
+        the diagonal family: ``sequential`` with 4 warps (``block_n``/``block_d``/``block_l``
+        chosen per shape by :func:`scancc.backends.cuda_diag.choose_config`); decode: ``step``;
+        matrix states: ``sequential`` (recurrent)."""
         family = _family(program)
         if family == "step":
             from . import cuda_step
@@ -81,6 +104,10 @@ class CUDABackend:
             from . import cuda_matrix
 
             return cuda_matrix.default_schedule(program)
+        if diagonal_unsupported(program) is None:
+            module = _chunked_module(program)
+            if module is not None:
+                return module.default_schedule()
         return Schedule(algorithm="sequential", num_warps=4)
 
     def lower(self, program: Program, schedule: Schedule) -> str:
@@ -96,6 +123,8 @@ class CUDABackend:
             from . import cuda_matrix
 
             return cuda_matrix.render(program)
+        if schedule.algorithm == "chunked_scan":
+            return _chunked_module(program).render(program)
         from . import cuda_diag
 
         return cuda_diag.render(program)
@@ -113,6 +142,13 @@ class CUDABackend:
             from .cuda_matrix import CUDAMatrixScan
 
             return CUDAMatrixScan(program, schedule, source)
+        if schedule.algorithm == "chunked_scan":
+            from . import cuda_linear, cuda_selective
+
+            module = _chunked_module(program)
+            if module is cuda_linear:
+                return cuda_linear.CUDALinearScan(program, schedule, source)
+            return cuda_selective.CUDASelectiveScan(program, schedule, source)
         from .cuda_diag import CUDADiagScan
 
         return CUDADiagScan(program, schedule, source)

@@ -413,13 +413,17 @@ class CUDADiagScan:
         shape = (rows, b.dim, b.dstate) + ((2,) if self.plan.complex else ())
         return _empty(shape, device=b.device, dtype=torch.float32)
 
-    def _kernels(self, b: _Bound) -> dict[str, Any]:
+    def type_options(self, b: _Bound) -> list[str]:
+        """``-DSCANCC_T_<name>=<ctype>`` for every real activation of this call and the output."""
         types = {"SCANCC_T_out": CTYPES.get(b.out_dtype, "float")}
         for op in self.plan.operands:
             t = b.tensors[op.name]
             if op.layout in ("seq", "bc") and not op.complex:
                 types[f"SCANCC_T_{op.name}"] = CTYPES[t.dtype] if t is not None else "float"
-        options = b.cfg.defines() + [f"-D{k}={v}" for k, v in sorted(types.items())]
+        return [f"-D{k}={v}" for k, v in sorted(types.items())]
+
+    def _kernels(self, b: _Bound) -> dict[str, Any]:
+        options = b.cfg.defines() + self.type_options(b)
         index = b.device.index if b.device.index is not None else torch.cuda.current_device()
         names = [f"{self.program.name}_fwd", f"{self.program.name}_bwd"]
         return load_kernels(self.source, names, options, index)

@@ -1,6 +1,10 @@
 """The CUDA backend's schedule spaces (imported by the autotuner on first use).
 
-- diagonal family (:mod:`scancc.backends.cuda_diag`): ``block_n`` state entries per thread,
+- chunked first-order scans (:mod:`scancc.backends.cuda_linear`): ``block_l`` steps per tile,
+  ``num_warps`` warps per (sequence, channel) row;
+- chunked selective scans (:mod:`scancc.backends.cuda_selective`): ``block_l`` steps per tile
+  (32 lanes × items), ``num_warps`` channels per block;
+- diagonal family, sequential (:mod:`scancc.backends.cuda_diag`): ``block_n`` state entries per thread,
   ``block_d`` channels per block, ``block_l`` steps per staged tile, ``num_warps`` (the
   default ``block_d`` is ``32·num_warps / threads per channel``);
 - decode steps (:mod:`scancc.backends.cuda_step`): ``block_n``, ``num_warps``;
@@ -14,13 +18,11 @@ of a group (it would silently shrink otherwise).
 
 from __future__ import annotations
 
-from typing import Optional
-
 from ..autotune.device import DeviceLimits
 from ..autotune.problem import Problem
 from ..autotune.space import Constraint, SearchSpace, register_space
 from ..ir import Program, Schedule
-from . import cuda_diag, cuda_matrix, cuda_step
+from . import cuda_diag, cuda_linear, cuda_matrix, cuda_selective, cuda_step
 from .diagonal import DiagonalPlan, unsupported_reason
 
 
@@ -51,14 +53,40 @@ def _matrix_threads(s: Schedule, p: Problem, d: DeviceLimits) -> bool:
     return cfg.threads <= d.max_threads_per_block
 
 
+def _linear_items_fit(s: Schedule, p: Problem, d: DeviceLimits) -> bool:
+    """block_l is exactly threads × items (no silent cap at MAX_ITEMS, at least one step per thread)."""
+    block_l = s.block_l or cuda_linear.DEFAULT_BLOCK_L
+    return 32 * s.num_warps <= min(block_l, d.max_threads_per_block) and block_l <= 32 * s.num_warps * cuda_linear.MAX_ITEMS
+
+
+def _selective_fits(s: Schedule, p: Problem, d: DeviceLimits) -> bool:
+    """The block's channels share a B/C group and the staged tile fits the shared memory."""
+    dim, groups = p.get("dim", 1), p.get("groups", 1)
+    if (dim // groups) % s.num_warps or 32 * s.num_warps > d.max_threads_per_block:
+        return False
+    # fp32 B/C (the larger staging) and the sequential backward's usual 64-step checkpoints
+    return cuda_selective.choose_config(s, dim, p.get("dstate", 16), dim // groups, p.seqlen, 64) is not None
+
+
+LINEAR_CONSTRAINTS = (Constraint("items_per_thread", _linear_items_fit),)
+SELECTIVE_CONSTRAINTS = (Constraint("selective_tile_fits", _selective_fits),)
+
+
 @register_space("cuda")
-def cuda_space(program: Program, default: Schedule) -> Optional[SearchSpace]:
+def cuda_space(program: Program, default: Schedule) -> SearchSpace | None:
     if program.mode == "step":
         return SearchSpace(default, {"block_n": (4, 8, 16), "num_warps": (2, 4, 8)}, (
             Constraint("threads_per_block", lambda s, p, d: 32 * s.num_warps <= d.max_threads_per_block),))
     if program.state.shape == "matrix":
         return SearchSpace(default, {"block_n": (4, 8, 16, 32)}, (Constraint("threads_per_block", _matrix_threads),))
     if unsupported_reason(program) is not None:
+        return None
+    if default.algorithm == "chunked_scan":
+        if cuda_linear.unsupported_reason(program) is None:
+            return SearchSpace(default, {"block_l": (512, 1024, 2048, 4096), "num_warps": (4, 8, 16)},
+                               LINEAR_CONSTRAINTS)
+        if cuda_selective.unsupported_reason(program) is None:
+            return SearchSpace(default, {"block_l": (256, 512, 1024), "num_warps": (2, 4, 8)}, SELECTIVE_CONSTRAINTS)
         return None
     if DiagonalPlan.of(program).has_dstate:
         params = {"block_n": (2, 4, 8, 16), "block_l": (16, 32, 64), "num_warps": (2, 4, 8)}

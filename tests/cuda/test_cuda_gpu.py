@@ -20,7 +20,7 @@ from triton_helpers import DEVICE, Case, check_backward, check_forward
 
 from scancc import compiler, oracle
 from scancc.backends.cuda import CUDABackend
-from scancc.ir import Program
+from scancc.ir import Program, Schedule
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not CUDABackend().available(), reason=str(CUDABackend().unavailable_reason()))]
@@ -32,6 +32,8 @@ class CudaCase(Case):
     @property
     def schedule(self):  # type: ignore[override]
         schedule = CUDABackend().default_schedule(self.program)
+        if self.algorithm is not None and self.algorithm != schedule.algorithm:
+            schedule = Schedule(algorithm=self.algorithm, num_warps=4)
         return schedule.replace(block_l=self.block_l, block_d=self.block_d)
 
     def compiled(self):
@@ -47,6 +49,17 @@ def test_forward_and_backward_every_program(name: str) -> None:
     """Crosses tiles and checkpoint segments (seqlen 150: ckpt 64), groups of channels."""
     groups = 2 if DIAGONAL[name].input.b == "varying" else 1
     case = _case(name, batch=2, dim=8, dstate=5, seqlen=150, groups=groups, block_l=None)
+    check_forward(case)
+    check_backward(case)
+
+
+@pytest.mark.parametrize("name", [n for n, p in sorted(DIAGONAL.items())
+                                  if CUDABackend().default_schedule(p).algorithm == "chunked_scan"])
+def test_sequential_algorithm_of_chunked_programs(name: str) -> None:
+    """The sequential kernels of programs whose default is chunked (autotuner candidates)."""
+    groups = 2 if DIAGONAL[name].input.b == "varying" else 1
+    case = _case(name, batch=2, dim=8, dstate=5, seqlen=150, groups=groups, block_l=None, algorithm="sequential")
+    assert case.schedule.algorithm == "sequential"
     check_forward(case)
     check_backward(case)
 

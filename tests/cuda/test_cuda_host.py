@@ -13,7 +13,7 @@ from cuda_programs import ALL, DIAGONAL
 
 from scancc import ir
 from scancc.autotune.space import space_for
-from scancc.backends import cuda_diag, cuda_runtime
+from scancc.backends import cuda_diag, cuda_linear, cuda_runtime, cuda_selective
 from scancc.backends.cuda import CUDABackend
 from scancc.backends.diagonal import DiagonalPlan
 from scancc.backends.registry import get_backend, known_backends
@@ -39,7 +39,11 @@ def test_available_explains_itself() -> None:
 def test_refuses_what_it_cannot_lower() -> None:
     backend = CUDABackend()
     with pytest.raises(ValueError, match="sequential"):
-        backend.lower(ir.selective(), Schedule(algorithm="chunked_scan"))
+        backend.lower(ir.selective(complex=True), Schedule(algorithm="chunked_scan"))
+    with pytest.raises(ValueError, match="sequential"):
+        backend.lower(ir.lti(), Schedule(algorithm="chunked_scan"))
+    with pytest.raises(ValueError, match="fft_conv"):
+        backend.lower(ir.linear(), Schedule(algorithm="fft_conv"))
     with pytest.raises(ValueError, match="recurrent"):
         backend.lower(ir.ssd(), Schedule(algorithm="ssd_chunked"))
 
@@ -47,6 +51,10 @@ def test_refuses_what_it_cannot_lower() -> None:
 def test_cli_emit() -> None:
     proc = subprocess.run([sys.executable, "-m", "scancc", "emit", "selective", "--backend", "cuda"], check=False,
                           capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "selective_scan_chunked_fwd" in proc.stdout and "selective_scan_chunked_fwd_ckpt" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "scancc", "emit", "selective", "--backend", "cuda", "--schedule",
+                           "algorithm=sequential"], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "selective_scan_fwd" in proc.stdout and "selective_scan_bwd" in proc.stdout
 
@@ -124,3 +132,86 @@ def test_spaces_registered() -> None:
     assert space_for(ir.selective(), "cuda").size > 1
     assert space_for(ir.linear(), "cuda").size > 1
     assert space_for(ir.ssd(), "cuda").size >= 1
+
+
+# -- the chunked kernels' schedules and geometry --------------------------------------------------
+CHUNKED_DEFAULT = {"linear": "linear", "hgrn": "linear", "rglru": "linear", "linear_c": "linear", "hgrn_c": "linear",
+                   "rglru_c": "linear", "selective": "selective", "selective_plain": "selective",
+                   "selective_clamped": "selective"}
+
+
+@pytest.mark.parametrize("name", sorted(DIAGONAL))
+def test_default_algorithm(name: str) -> None:
+    """The chunked kernels are the default wherever they apply; everything else stays sequential."""
+    backend = CUDABackend()
+    program = DIAGONAL[name]
+    schedule = backend.default_schedule(program)
+    kind = CHUNKED_DEFAULT.get(name)
+    assert schedule.algorithm == ("chunked_scan" if kind else "sequential")
+    assert backend.supports(program, Schedule(algorithm="sequential"))
+    source = backend.lower(program, schedule)
+    if kind == "linear":
+        assert f"{program.name}_chunked_bwd" in source
+    elif kind == "selective":
+        assert f"{program.name}_chunked_fwd_ckpt" in source and f"{program.name}_bwd" not in source
+
+
+@pytest.mark.parametrize("block_l", [None, 16, 32, 64, 256, 2048, 8192])
+@pytest.mark.parametrize("warps", [1, 2, 4, 8, 16, 32])
+@pytest.mark.parametrize("seqlen", [1, 7, 33, 1000, 4096, 1 << 18])
+def test_linear_geometry(block_l: int | None, warps: int, seqlen: int) -> None:
+    cfg = cuda_linear.choose_config(Schedule(algorithm="chunked_scan", block_l=block_l, num_warps=warps), seqlen)
+    assert cfg.threads % 32 == 0 and 32 <= cfg.threads <= 1024 and cfg.threads <= 32 * warps
+    assert 1 <= cfg.items <= cuda_linear.MAX_ITEMS
+    want = block_l or cuda_linear.DEFAULT_BLOCK_L
+    assert cfg.tile <= max(32, want)
+    # the tile never exceeds the sequence rounded up to a power of two (one warp at least)
+    assert cfg.tile <= max(32, 1 << (seqlen - 1).bit_length())
+    if seqlen >= want >= 32 * warps and want <= 32 * warps * cuda_linear.MAX_ITEMS:
+        assert cfg.tile == want and cfg.threads == 32 * warps  # the schedule is honoured exactly
+    assert cfg.grid(3, 1536) == (3 * 1536,)
+    assert cfg.defines() == [f"-DSCANCC_THREADS={cfg.threads}", f"-DSCANCC_ITEMS={cfg.items}"]
+
+
+def test_linear_h100_default() -> None:
+    cfg = cuda_linear.choose_config(cuda_linear.default_schedule(), 4096)
+    assert (cfg.threads, cfg.items) == (256, 8)  # two float4 (fp32) or one bf16×8 vector per operand
+
+
+@pytest.mark.parametrize("dim,chans_per_group", [(5120, 5120), (24, 12), (3, 3), (6, 2), (40, 5)])
+@pytest.mark.parametrize("dstate", [1, 5, 16, 64, 256])
+@pytest.mark.parametrize("block_l,warps", [(None, 4), (32, 1), (256, 8), (1024, 2), (2048, 32)])
+@pytest.mark.parametrize("bc_bytes", [2, 4])
+def test_selective_geometry(dim: int, chans_per_group: int, dstate: int, block_l: int | None, warps: int,
+                            bc_bytes: int) -> None:
+    schedule = Schedule(algorithm="chunked_scan", block_l=block_l, num_warps=warps)
+    cfg = cuda_selective.choose_config(schedule, dim, dstate, chans_per_group, 4096, 64, bc_bytes)
+    if cfg is None:  # only when one step per lane does not fit
+        assert dstate * 32 * 2 * 2 * bc_bytes > cuda_selective.SMEM_LIMIT
+        return
+    assert chans_per_group % cfg.warps == 0 and cfg.warps <= warps  # a block's channels share B/C
+    assert cfg.warps & (cfg.warps - 1) == 0 and cfg.threads <= 1024
+    assert 1 <= cfg.items <= cuda_selective.MAX_ITEMS and cfg.tile <= max(32, block_l or 512)
+    assert cfg.smem_bytes <= cuda_selective.SMEM_LIMIT
+    assert cfg.smem_bytes == dstate * 32 * (cfg.items + 1) * 2 * bc_bytes + cfg.warps * dstate * 4
+    (blocks,) = cfg.grid(3, dim)
+    assert blocks * cfg.warps >= 3 * dim and (blocks - 3) * cfg.warps < 3 * dim
+
+
+def test_selective_h100_default() -> None:
+    cfg = cuda_selective.choose_config(cuda_selective.default_schedule(), 5120, 16, 5120, 4096, 64, 2)
+    assert cfg is not None and (cfg.warps, cfg.items) == (4, 16)
+    assert cfg.smem_bytes <= cuda_selective.STATIC_SMEM  # bf16 B/C: no opt-in needed
+
+
+def test_selective_short_sequences_shrink_the_tile() -> None:
+    schedule = cuda_selective.default_schedule()
+    assert cuda_selective.choose_config(schedule, 8, 4, 8, 1, 64).items == 1
+    assert cuda_selective.choose_config(schedule, 8, 4, 8, 100, 64).items == 4
+
+
+def test_chunked_spaces() -> None:
+    lin = space_for(ir.linear(), "cuda")
+    sel = space_for(ir.selective(), "cuda")
+    assert lin.base.algorithm == "chunked_scan" and sel.base.algorithm == "chunked_scan"
+    assert space_for(ir.selective(complex=True), "cuda").base.algorithm == "sequential"
