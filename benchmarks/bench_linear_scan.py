@@ -1,12 +1,14 @@
 """First-order scan ``h_t = a_t·h_{t−1} + x_t``, fp32, B8 D1536, L ∈ {4K, 16K, 64K, 256K}.
 
-scancc's ``linear_scan`` against accelerated-scan's Triton kernel (``accelerated_scan.scalar``),
+scancc's ``linear_scan`` (``scancc``: the default backend; ``scancc cuda``: the CUDA backend's
+chunked kernel) against accelerated-scan's Triton kernel (``accelerated_scan.scalar``),
 its CUDA kernel (``accelerated_scan.warp``, built by torch on first use) and the PyTorch
 log-cumsum trick (Heinsen's ``logcumsumexp`` form) that users write by hand. Bytes moved:
 read ``a`` and ``x``, write ``y`` (3 × 4 bytes per element). Each output is checked against a
 float64 oracle (``scancc.oracle.sequential``) on 8 channels.
 
     PYTHONPATH=.anchors python benchmarks/bench_linear_scan.py --out results/
+    python benchmarks/bench_linear_scan.py --only "scancc cuda" --out results/   # the CUDA backend alone
     python benchmarks/bench_linear_scan.py --smoke --out /tmp/bench   # CPU, interpreter
 """
 
@@ -20,7 +22,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-IMPLS = ("scancc", "accelerated_scan.scalar (Triton)", "accelerated_scan.warp (CUDA)", "torch logcumsumexp")
+IMPLS = ("scancc", "scancc cuda", "accelerated_scan.scalar (Triton)", "accelerated_scan.warp (CUDA)", "torch logcumsumexp")
 FULL_SHAPES = [(8, 1536, 1 << 12), (8, 1536, 1 << 14), (8, 1536, 1 << 16), (8, 1536, 1 << 18)]
 SMOKE_SHAPES = [(1, 4, 256)]
 CHECK_CHANNELS = 8
@@ -37,12 +39,27 @@ def _torch_logcumsum(a, x):
     return torch.exp(log_h).real
 
 
+def _scancc_cuda(op: str, device: str) -> Callable[..., Any]:
+    """``scancc.ops.<op>`` pinned to the CUDA backend; :class:`common.Unavailable` without CuPy or a GPU."""
+    import functools
+
+    import scancc.ops
+    from scancc.backends.cuda import CUDABackend
+
+    reason = CUDABackend().unavailable_reason() if device == "cuda" else "needs a CUDA GPU"
+    if reason is not None:
+        raise common.Unavailable(f"CUDA backend: {reason}")
+    return functools.partial(getattr(scancc.ops, op), backend="cuda")
+
+
 def load_impl(name: str, device: str) -> Callable[[Any, Any], Any]:
     """The ``y = scan(a, x)`` function of implementation ``name``; :class:`common.Unavailable` if absent."""
     if name == "scancc":
         from scancc.ops import linear_scan
 
         return linear_scan
+    if name == "scancc cuda":
+        return _scancc_cuda("linear_scan", device)
     if name == "torch logcumsumexp":
         return _torch_logcumsum
     try:

@@ -2,7 +2,8 @@
 
 Shapes (mamba-ssm layout, ``B``/``C`` shared by all channels: ``(batch, 1, N, L)``):
 B4 D5120 N16 L4096, B8 D1536 N16 L4096 and B1 D5120 N16 L65536; forward and
-forward+backward. scancc's ``selective_scan_fn`` against mamba-ssm's pure-PyTorch
+forward+backward. scancc's ``selective_scan_fn`` (``scancc``: the default backend; ``scancc
+cuda``: the CUDA backend, chunked forward and sequential backward) against mamba-ssm's pure-PyTorch
 ``selective_scan_ref`` (where it fits in memory) and, as quoted rows, mamba-ssm's CUDA
 kernel and the floors from ``/work/shared/anchors.md`` (its CUDA extension is not built here).
 
@@ -12,6 +13,7 @@ more and writes ``du, ddelta, dz, dB, dC`` (the fp32 ``A, D, delta_bias`` and th
 negligible). Forward outputs are checked against the float64 oracle on 16 channels.
 
     PYTHONPATH=.anchors python benchmarks/bench_selective_scan.py --out results/
+    python benchmarks/bench_selective_scan.py --only "scancc cuda" --out results/   # the CUDA backend alone
     python benchmarks/bench_selective_scan.py --smoke --out /tmp/bench   # CPU, interpreter
 """
 
@@ -26,7 +28,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-IMPLS = ("scancc", "mamba_ssm selective_scan_ref")
+IMPLS = ("scancc", "scancc cuda", "mamba_ssm selective_scan_ref")
 MODES = ("fwd", "fwd+bwd")
 FULL_SHAPES = [(4, 5120, 16, 4096), (8, 1536, 16, 4096), (1, 5120, 16, 65536)]
 SMOKE_SHAPES = [(1, 8, 4, 64)]
@@ -62,12 +64,27 @@ def _ref_bytes(batch: int, dim: int, dstate: int, seqlen: int, mode: str) -> flo
     return full if mode == "fwd" else 2.5 * full
 
 
-def load_impl(name: str) -> Callable[..., Any]:
+def _scancc_cuda(op: str, device: str) -> Callable[..., Any]:
+    """``scancc.ops.<op>`` pinned to the CUDA backend; :class:`common.Unavailable` without CuPy or a GPU."""
+    import functools
+
+    import scancc.ops
+    from scancc.backends.cuda import CUDABackend
+
+    reason = CUDABackend().unavailable_reason() if device == "cuda" else "needs a CUDA GPU"
+    if reason is not None:
+        raise common.Unavailable(f"CUDA backend: {reason}")
+    return functools.partial(getattr(scancc.ops, op), backend="cuda")
+
+
+def load_impl(name: str, device: str = "cuda") -> Callable[..., Any]:
     """A function with mamba-ssm's ``selective_scan_fn`` signature."""
     if name == "scancc":
         from scancc.ops import selective_scan_fn
 
         return selective_scan_fn
+    if name == "scancc cuda":
+        return _scancc_cuda("selective_scan_fn", device)
     if name == "mamba_ssm selective_scan_ref":
         # The module imports mamba-ssm's CUDA extension at the top; only the pure-PyTorch
         # reference is used here, so an empty module stands in for the extension.
@@ -122,12 +139,12 @@ def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
 
     batch, dim, dstate, seqlen = case["shape"]
     mode = case["mode"]
-    if case["impl"] != "scancc" and device == "cuda":
+    if not case["impl"].startswith("scancc") and device == "cuda":
         need = _ref_bytes(batch, dim, dstate, seqlen, mode)
         have = REF_MEMORY_FRACTION * torch.cuda.get_device_properties(0).total_memory
         if need > have:
             return {"status": f"skipped: needs ~{need / 2**30:.0f} GiB of GPU memory"}
-    fn = load_impl(case["impl"])
+    fn = load_impl(case["impl"], device)
     inputs = make_inputs(batch, dim, dstate, seqlen, device)
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
