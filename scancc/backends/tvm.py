@@ -173,6 +173,7 @@ class TVMCompiledScan:
         if not isinstance(inputs, Mapping):
             raise TypeError(f"inputs must be a mapping of name -> tensor, got {type(inputs).__name__}")
         _check_names(self.program, inputs)
+        _check_device(inputs, "cpu", "the TVM llvm build")
         step = self.program.mode == "step"
         if step and cu_seqlens is not None:
             raise ValueError("a step-mode program takes no cu_seqlens")
@@ -209,6 +210,7 @@ class TVMCompiledScan:
         cu_seqlens: Optional[torch.Tensor] = None,
     ) -> dict[str, Optional[torch.Tensor]]:
         _check_names(self.program, inputs)
+        _check_device(inputs, "cpu", "the TVM llvm build")
         step = self.program.mode == "step"
         seq_inputs = self._seq_inputs(inputs)
         if step and grad_out is not None:
@@ -232,6 +234,12 @@ class TVMCompiledScan:
                 if isinstance(g, torch.Tensor) and src is not None and g.dim() != src.dim():
                     grads[name] = g.reshape(src.shape)
         return grads
+
+
+def _check_device(inputs: Mapping[str, Optional[torch.Tensor]], device: str, what: str) -> None:
+    for name, t in inputs.items():
+        if isinstance(t, torch.Tensor) and t.device.type != device:
+            raise ValueError(f"input {name!r} must be on {device} for {what}, got {t.device}")
 
 
 def _check_names(program: Program, inputs: Mapping[str, Optional[torch.Tensor]]) -> None:
@@ -313,3 +321,59 @@ def export(program: Program, target: TargetLike, path: Union[str, Path], *, dsta
             "target": normalize_target(target), "sizes": meta, "tvm": tvm.__version__, "functions": signature}
     base.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return lib
+
+
+class LoadedScan:
+    """A library written by :func:`export`, loaded with TVM's runtime only (no ``import tvm``).
+
+    Forward only, for the sizes it was exported with (``.json``'s ``sizes``); tensors on the
+    device of its target (``cuda`` or ``cpu``), passed to the kernel by DLPack. Inputs and
+    states as for :class:`TVMCompiledScan` (fp16/bf16 inputs are converted to float32 for
+    the kernel and the output back). ``runtime_dir`` holds ``libtvm_runtime.so`` (and
+    ``libtvm_runtime_cuda.so``); see :func:`scancc.backends.tvm_runtime.load_exported`.
+    """
+
+    backend = "tvm"
+
+    def __init__(self, path: Union[str, Path], runtime_dir: Union[str, Path, None] = None) -> None:
+        from .tvm_runtime import load_exported
+
+        lib = Path(path).with_suffix(".so")
+        info = json.loads(lib.with_suffix(".json").read_text())
+        self.program = Program.from_dict(info["program"])
+        self.schedule = Schedule.from_dict(info["schedule"])
+        self.sizes: dict[str, int] = info["sizes"]
+        self.target: dict[str, Any] = info["target"]
+        self.device = "cuda" if self.target["kind"] == "cuda" else "cpu"
+        self.source = ""
+        self._module = load_exported(lib, runtime_dir, cuda=self.device == "cuda")
+        if self.program.state.shape == "vector":
+            self._plan: Union[DiagPlan, MatrixPlan] = DiagPlan.of(self.program, self.schedule)
+        else:
+            self._plan = MatrixPlan.of(self.program, self.schedule)
+
+    def module(self, meta: Mapping[str, int], functions: Optional[tuple[str, ...]] = None) -> Any:
+        """The loaded module, after checking that ``meta`` (this call's sizes) is what it was built for."""
+        for key in ("DSTATE", "HEADDIM", "RANK", "PAIRS_OR_1"):
+            if key in meta and key in self.sizes and meta[key] != self.sizes[key]:
+                raise ValueError(f"this library was exported for {key} = {self.sizes[key]}, the inputs have "
+                                 f"{meta[key]}; export one for these sizes")
+        return self._module
+
+    def forward(self, inputs: Mapping[str, Optional[torch.Tensor]], *, initial_state: Any = None,
+                cu_seqlens: Optional[torch.Tensor] = None, return_final_state: bool = False) -> ScanForward:
+        """As :meth:`TVMCompiledScan.forward` (sequence-mode programs)."""
+        _check_names(self.program, inputs)
+        _check_device(inputs, self.device, f"this {self.target['kind']} library")
+        x = inputs.get("u") if inputs.get("u") is not None else inputs.get("x")
+        with torch.no_grad(), torch.device(x.device if x is not None else self.device):
+            if isinstance(self._plan, DiagPlan):
+                from .tvm_diag import run_forward
+
+                return run_forward(self.module({"DSTATE": self.sizes["DSTATE"]}), self._plan, self.program, inputs,
+                                   initial_state=initial_state, cu_seqlens=cu_seqlens,
+                                   return_final_state=return_final_state, save_for_backward=False)
+            from .tvm_matrix import run_forward as run_matrix
+
+            return run_matrix(self, self._plan, self.program, inputs, initial_state=initial_state,  # type: ignore[arg-type]
+                              cu_seqlens=cu_seqlens, return_final_state=return_final_state, save_for_backward=False)

@@ -23,11 +23,21 @@ from .tvm_runtime import empty
 from .tvm_plan import DiagPlan
 
 
+ALIGNMENT = 64  # bytes: TVM's generated code assumes every buffer starts on this boundary
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (contiguous), copied only when its data does not start on a 64-byte boundary (a
+    view into a tensor, a NumPy array): TVM's kernels use aligned vector loads."""
+    t = t.contiguous()
+    return t if t.data_ptr() % ALIGNMENT == 0 else t.clone()
+
+
 def _f32(t: torch.Tensor) -> torch.Tensor:
-    """float32 (complex64 → ``(..., 2)`` float32 view), contiguous."""
+    """float32 (complex64 → ``(..., 2)`` float32 view), contiguous, 64-byte aligned."""
     if t.is_complex():
-        return torch.view_as_real(t.to(torch.complex64).contiguous())
-    return t.to(torch.float32).contiguous()
+        return aligned(torch.view_as_real(t.to(torch.complex64).contiguous()))
+    return aligned(t.to(torch.float32))
 
 
 def _need(inputs: Mapping[str, Optional[torch.Tensor]], name: str) -> torch.Tensor:
@@ -36,8 +46,6 @@ def _need(inputs: Mapping[str, Optional[torch.Tensor]], name: str) -> torch.Tens
         raise ValueError(f"input {name!r} is required")
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"input {name!r} must be a torch.Tensor, got {type(t).__name__}")
-    if t.device.type != "cpu":
-        raise ValueError(f"input {name!r} must be on the CPU for the TVM llvm build, got {t.device}")
     return t
 
 
@@ -181,7 +189,7 @@ def sequences(call: DiagCall, cu_seqlens: Optional[torch.Tensor]) -> tuple[torch
         raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
     if call.batch != 1:
         raise ValueError(f"with cu_seqlens the batch must be 1, got {call.batch}")
-    cu = cu_seqlens.to("cpu", torch.int32).contiguous()
+    cu = aligned(cu_seqlens.to("cpu", torch.int32))
     lengths = cu[1:] - cu[:-1]
     if int(cu[0]) != 0 or bool((lengths < 0).any()) or int(cu[-1]) > call.seqlen:
         raise ValueError(f"cu_seqlens must start at 0, not decrease and end at most at seqlen = {call.seqlen}")
@@ -213,12 +221,21 @@ def run_forward(module: Any, plan: DiagPlan, program: Program, inputs: Mapping[s
         out[:, :, int(cu[-1]):] = 0.0
     use_gate = int(plan.gate and "z" in call.args)
     args = _ordered(plan, call, cu, use_gate)
-    module["forward"](*args, h0, out, states, varlen, use_gate)
+    module["forward"](*_on(args, x_device(call)), h0, out, states, varlen, use_gate)
     result = torch.view_as_complex(out) if plan.out_complex else out.to(call.x_dtype)
     final = states[:, :, -1]
     final = torch.view_as_complex(final.contiguous()) if plan.cplx else final.clone()
     saved = {"states": states} if save_for_backward else {}
     return ScanForward(result, final if return_final_state else None, saved)
+
+
+def x_device(call: DiagCall) -> torch.device:
+    return call.args["x"].device
+
+
+def _on(args: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The kernel arguments on ``device`` (the offsets ``cu`` are built on the host)."""
+    return [a if a.device == device else a.to(device) for a in args]
 
 
 def _ordered(plan: DiagPlan, call: DiagCall, cu: torch.Tensor, use_gate: int) -> list[torch.Tensor]:

@@ -128,7 +128,7 @@ def run_forward(compiled: "TVMCompiledScan", plan: MatrixPlan, program: Program,
     module = compiled.module(matrix_meta(program, dstate, headdim, pairs), ("forward",))
     ins = [state["ssm"]] + ([state["angle"], state["k"], state["x"]] if m3 else [])
     outs = [out, final["ssm"]] + ([final["angle"], final["k"], final["x"]] if m3 else [])
-    module["forward"](*args, *ins, *outs, varlen, use_gate)
+    module["forward"](*[a.to(x.device) for a in args], *ins, *outs, varlen, use_gate)
     result_state: Union[torch.Tensor, dict[str, torch.Tensor], None] = None
     if return_final_state:
         if m3:

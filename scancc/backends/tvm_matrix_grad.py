@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ir import Program
-from .tvm_diag import DiagCall, _check_shape, _need, sequences
+from .tvm_diag import DiagCall, _check_shape, _need, aligned, sequences
 from .tvm_matrix import matrix_meta
 from .tvm_plan import MatrixPlan
 from .tvm_runtime import empty
@@ -85,7 +85,7 @@ class CoreScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, module: Any, tile: int, tokens: Tokens, alpha: torch.Tensor, v: torch.Tensor,
                 k: torch.Tensor, q: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha, v, k, q, h0 = (t.detach().to(torch.float32).contiguous() for t in (alpha, v, k, q, h0))
+        alpha, v, k, q, h0 = (aligned(t.detach().to(torch.float32)) for t in (alpha, v, k, q, h0))
         total, heads, dstate = alpha.shape
         rank, headdim = q.shape[1], v.shape[3]
         lengths = (tokens.cu[1:] - tokens.cu[:-1]).to(torch.int64)
@@ -105,9 +105,8 @@ class CoreScan(torch.autograd.Function):
         tokens: Tokens = ctx.tokens
         total, heads, dstate = alpha.shape
         headdim = v.shape[3]
-        dy = torch.zeros(q.shape[:3] + (headdim,)) if dy is None else dy.to(torch.float32).contiguous()
-        dhT = (torch.zeros((tokens.nseq, heads, headdim, dstate)) if dhT is None
-               else dhT.to(torch.float32).contiguous())
+        dy = torch.zeros(q.shape[:3] + (headdim,)) if dy is None else aligned(dy.to(torch.float32))
+        dhT = torch.zeros((tokens.nseq, heads, headdim, dstate)) if dhT is None else aligned(dhT.to(torch.float32))
         alloc = empty if bool(tokens.covered.all()) else torch.zeros
         dalpha, dv, dk, dq = (alloc(tuple(t.shape)) for t in (alpha, v, k, q))
         dh0 = empty((tokens.nseq, heads, headdim, dstate))

@@ -175,6 +175,27 @@ def clear_memory_cache() -> None:
         _modules.clear()
 
 
+def _load_cudart(runtime_dir: Path) -> None:
+    """Make ``libcudart.so.13`` (needed by ``libtvm_runtime_cuda.so``) loadable: the system's,
+    else a copy beside the runtime, else the one of the ``nvidia`` wheels torch depends on."""
+    import ctypes
+    import glob
+    import sys
+
+    candidates = ["libcudart.so.13", str(runtime_dir / "libcudart.so.13")]
+    for entry in sys.path:
+        candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "*", "lib", "libcudart.so.13*")))
+        candidates += sorted(glob.glob(os.path.join(entry, "nvidia", "cuda_runtime", "lib", "libcudart.so.13*")))
+    for candidate in candidates:
+        try:
+            ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+            return
+        except OSError:
+            continue
+    raise FileNotFoundError("libcudart.so.13 not found (needed by libtvm_runtime_cuda.so); put it beside the "
+                            f"runtime libraries in {runtime_dir}")
+
+
 def load_exported(path: Union[str, Path], runtime_dir: Union[str, Path, None] = None, *, cuda: bool = False):
     """Load a library written by :func:`scancc.backends.tvm.export` with TVM's runtime only.
 
@@ -194,6 +215,8 @@ def load_exported(path: Union[str, Path], runtime_dir: Union[str, Path, None] = 
             raise FileNotFoundError("runtime_dir not given and no installed tvm package to take libtvm_runtime.so from")
         runtime_dir = Path(list(spec.submodule_search_locations)[0]) / "lib"
     names = ["libtvm_runtime.so"] + (["libtvm_runtime_cuda.so"] if cuda else [])
+    if cuda:
+        _load_cudart(Path(runtime_dir))
     for name in names:
         lib = Path(runtime_dir) / name
         if not lib.exists():
