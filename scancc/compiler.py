@@ -70,7 +70,7 @@ def default_backend(device: Any = None) -> str:
 
 def install_hint(name: str) -> str:
     """The pip command that installs backend ``name``'s runtime."""
-    return f'pip install "scancc[{EXTRAS.get(name, name)}]"'
+    return f"pip install 'scancc[{EXTRAS.get(name, name)}]'"
 
 
 def require_available(name: str) -> None:

@@ -49,7 +49,7 @@ def test_environment_wins_over_the_device(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_cpu_without_tvm_falls_back_to_the_interpreter_once(no_env: None, without_tvm: None) -> None:
-    with pytest.warns(compiler.InterpreterNotice, match=r'pip install "scancc\[tvm\]"'):
+    with pytest.warns(compiler.InterpreterNotice, match=r"pip install 'scancc\[tvm\]'"):
         assert compiler.default_backend("cpu") == "triton"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -58,7 +58,7 @@ def test_cpu_without_tvm_falls_back_to_the_interpreter_once(no_env: None, withou
 
 def test_missing_runtime_names_the_extra(without_tvm: None) -> None:
     compiler.clear_cache()
-    with pytest.raises(ImportError, match=r'pip install "scancc\[tvm\]"'):
+    with pytest.raises(ImportError, match=r"pip install 'scancc\[tvm\]'"):
         compiler.compile(ir.hgrn(), backend="tvm")
 
 
