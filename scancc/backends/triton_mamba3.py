@@ -29,19 +29,23 @@ Schedule: ``algorithm="ssd_chunked"``, ``chunk`` in tokens (the kernels take ``c
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
 from ..ir import Program, Schedule
 from . import triton_ssd
 from .modules import load_source
+from .templating import render
 
 DEFAULT_CHUNK = 64
 STATE_KEYS = ("angle", "ssm", "k", "x")
 ANGLE_BLOCK = 64
+ROTARY_TEMPLATE = "triton/mamba3_rotary.py.j2"
+ROTARY_BLOCK_L = ANGLE_BLOCK
 """Rotary angles are summed in fp32 inside blocks of this many tokens and across blocks in fp64."""
 
 
@@ -114,29 +118,100 @@ def cumulative_angles(inc: torch.Tensor, starts: torch.Tensor, phi0: Optional[to
     return torch.remainder(phi, 2 * math.pi)
 
 
+# -- the rotary prologue (rank 1, one sequence per row) ---------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _rotary_kernel(pairing: str) -> Any:
+    name = f"mamba3_rotary_{pairing}"
+    source = render(ROTARY_TEMPLATE, name=name, pairing=pairing)
+    return getattr(load_source(source, "triton", name), f"{name}_kernel")
+
+
+def rotary_prologue(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Optional[torch.Tensor],
+                    q_bias: Optional[torch.Tensor], angles: torch.Tensor, dt: torch.Tensor,
+                    phi0: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keys and queries rotated per head by one kernel (``scancc/templates/triton/mamba3_rotary.py.j2``).
+
+    ``k, q (batch, seqlen, groups, N)``; ``k_bias, q_bias (heads, N)`` or None; ``angles (batch,
+    seqlen, heads, K)``; ``dt (batch, seqlen, heads)`` (any strides); ``phi0 (batch, heads, K)``
+    or None. Returns ``k̃, q̃ (batch, seqlen, heads, N)`` in k's dtype and ``φ_last (batch,
+    heads, K)`` fp32; the same values as :func:`rotary_reference`.
+    """
+    Bsz, L, G, N = k.shape
+    H, K = angles.shape[2], angles.shape[3]
+    k_out = torch.empty((Bsz, L, H, N), dtype=k.dtype, device=k.device)
+    q_out = torch.empty_like(k_out)
+    phi_last = torch.empty((Bsz, H, K), dtype=torch.float32, device=k.device)
+
+    def c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.contiguous()
+
+    if (k_bias is None) != (q_bias is None):                     # the kernel adds both biases or neither
+        zero = torch.zeros((H, N), dtype=torch.float32, device=k.device)
+        k_bias, q_bias = (zero if k_bias is None else k_bias), (zero if q_bias is None else q_bias)
+    kernel = _rotary_kernel(pairing)
+    args = (c(k), c(q), c(k_bias), c(q_bias), c(angles), dt, *dt.stride(), c(phi0), k_out, q_out, phi_last,
+            L, H, G, N, K, H // G)
+    meta = dict(HAS_BIAS=k_bias is not None, HAS_PHI0=phi0 is not None, BLOCK_L=ROTARY_BLOCK_L,
+                BLOCK_N=max(2, 1 << max(0, (N - 1).bit_length())), num_warps=4)
+    if k.device.type == "cuda":
+        with torch.cuda.device(k.device):
+            kernel[(Bsz, H)](*args, **meta)
+    else:
+        kernel[(Bsz, H)](*args, **meta)
+    return k_out, q_out, phi_last
+
+
+def rotary_reference(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Optional[torch.Tensor],
+                     q_bias: Optional[torch.Tensor], angles: torch.Tensor, dt: torch.Tensor,
+                     phi0: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`rotary_prologue` in torch (differentiable; its backward recomputes through this)."""
+    Bsz, L, G, N = k.shape
+    H = angles.shape[2]
+    f32 = torch.float32
+    inc = dt.to(f32)[..., None] * (math.pi * torch.tanh(angles.to(f32)))
+    starts = torch.zeros((Bsz, L), dtype=torch.bool, device=k.device)
+    starts[:, 0] = True
+    seq_of = torch.arange(Bsz, device=k.device)[:, None].expand(Bsz, L)
+    phi = cumulative_angles(inc, starts, phi0, seq_of)
+    cos, sin = torch.cos(phi), torch.sin(phi)
+    out = []
+    for v, bias in ((k, k_bias), (q, q_bias)):
+        v = v.to(f32).repeat_interleave(H // G, 2) if G != H else v.to(f32)
+        if bias is not None:
+            v = v + bias.to(f32)
+        out.append(rotate(v, cos, sin, pairing).to(k.dtype))
+    return out[0], out[1], phi[:, -1]
+
+
 @dataclass
 class Prepared:
     """The kernels' inputs for one call, and what the output and final state are made from.
 
     ``core``: :data:`triton_ssd.CORE_INPUTS` by name; ``h0``: the augmented initial state
-    ``(rows, heads, headdim, dstate)`` fp32 or None; ``k_rot (batch, seqlen, R, heads, N)`` fp32;
-    ``phi (batch, seqlen, heads, K)`` or None; ``last (rows,)`` the last token of each row.
+    ``(rows, heads, headdim, dstate)`` fp32 or None; ``k_last (rows, R, heads, N)`` fp32 the
+    last key of each row as it entered the state; ``phi_last (rows, heads, K)`` its rotary
+    angles or None; ``last (rows,)`` the last token of each row.
     """
 
     core: dict[str, Optional[torch.Tensor]]
     h0: Optional[torch.Tensor]
-    k_rot: torch.Tensor
-    phi: Optional[torch.Tensor]
+    k_last: torch.Tensor
+    phi_last: Optional[torch.Tensor]
     last: torch.Tensor
     batch: int
     seqlen: int
 
 
 def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optional[Mapping[str, Any]],
-            cu_seqlens: Optional[torch.Tensor], rank: int, pairing: Optional[str]) -> Prepared:
+            cu_seqlens: Optional[torch.Tensor], rank: int, pairing: Optional[str],
+            rotary_op: Optional[Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = None) -> Prepared:
     """Form the kernels' inputs (module docstring) of a Mamba-3 program of MIMO rank ``rank``
     and rotary ``pairing`` (``None``: no rotary); differentiable in every float input, and
-    plain torch (no host synchronisation), so ``torch.compile`` traces it."""
+    plain torch (no host synchronisation), so ``torch.compile`` traces it.
+
+    ``rotary_op``: a differentiable form of :func:`rotary_prologue` (the ops pass the custom op
+    ``scancc::mamba3_rotary``), used for rank 1 without ``cu_seqlens``: keys and queries are then
+    rotated per head by one kernel instead of a chain of torch operations."""
     R = rank
     x, dt, adt, trap = (inputs[k] for k in ("x", "dt", "adt", "trap"))
     Bsz, L, H, P = x.shape
@@ -174,25 +249,42 @@ def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optiona
     mu_next = torch.cat([mu[:, 1:], torch.zeros_like(mu[:, :1])], 1) * (~is_last)[..., None]
     w = gamma + mu_next
 
-    k = Bk.to(f32).repeat_interleave(H // G, 3) if G != H else Bk.to(f32)   # (b, L, R, H, N)
-    q = Cq.to(f32).repeat_interleave(H // G, 3) if G != H else Cq.to(f32)
-    phi = None
-    if pairing is not None:
-        for key, which in (("B_bias", "k"), ("C_bias", "q")):
-            bias = inputs.get(key)
-            if bias is not None:
-                bias = bias.to(f32) if R > 1 else bias.to(f32)[:, None]     # (H, R, N)
-                if which == "k":
-                    k = k + bias.transpose(0, 1)
-                else:
-                    q = q + bias.transpose(0, 1)
-        angles = inputs["angles"]
-        inc = delta[..., None] * (math.pi * torch.tanh(angles.to(f32)))
-        phi0 = None if initial_state is None else initial_state.get("angle")
-        phi = cumulative_angles(inc, starts, phi0, seq_of)
-        cos, sin = torch.cos(phi)[:, :, None], torch.sin(phi)[:, :, None]
-        k, q = rotate(k, cos, sin, pairing), rotate(q, cos, sin, pairing)
+    phi_last: Optional[torch.Tensor] = None
+    phi0 = None if initial_state is None else initial_state.get("angle")
+    fused = rotary_op is not None and R == 1 and cu_seqlens is None and pairing is not None
+    if fused:
+        assert rotary_op is not None and pairing is not None
+        kb, qb = inputs.get("B_bias"), inputs.get("C_bias")
+        k_in, q_in, phi_last = rotary_op(pairing, inputs["B"], inputs["C"], kb, qb, inputs["angles"], dt, phi0)
+        k_last = inputs["B"][:, -1].to(f32)                              # the last key, in fp32 (b, H, N)
+        k_last = k_last.repeat_interleave(H // G, 1) if G != H else k_last
+        if kb is not None:
+            k_last = k_last + kb.to(f32)
+        k_last = rotate(k_last, torch.cos(phi_last), torch.sin(phi_last), pairing)[:, None]
         G = H
+    else:
+        k = Bk.to(f32).repeat_interleave(H // G, 3) if G != H else Bk.to(f32)   # (b, L, R, H, N)
+        q = Cq.to(f32).repeat_interleave(H // G, 3) if G != H else Cq.to(f32)
+        phi = None
+        if pairing is not None:
+            for key, which in (("B_bias", "k"), ("C_bias", "q")):
+                bias = inputs.get(key)
+                if bias is not None:
+                    bias = bias.to(f32) if R > 1 else bias.to(f32)[:, None]     # (H, R, N)
+                    if which == "k":
+                        k = k + bias.transpose(0, 1)
+                    else:
+                        q = q + bias.transpose(0, 1)
+            angles = inputs["angles"]
+            inc = delta[..., None] * (math.pi * torch.tanh(angles.to(f32)))
+            phi0 = None if initial_state is None else initial_state.get("angle")
+            phi = cumulative_angles(inc, starts, phi0, seq_of)
+            cos, sin = torch.cos(phi)[:, :, None], torch.sin(phi)[:, :, None]
+            k, q = rotate(k, cos, sin, pairing), rotate(q, cos, sin, pairing)
+            G = H
+        k_last = k[:, -1] if cu_seqlens is None else k[0, last]
+        if phi is not None:
+            phi_last = phi[:, -1] if cu_seqlens is None else phi[0, last]
     keep_groups = G != H                                             # B/C still per group
 
     xr = x if R == 1 else (x[:, :, None] * inputs["W_x"].transpose(0, 1).to(x.dtype))
@@ -211,7 +303,7 @@ def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optiona
         adt_s = torch.cat([adt_s[:, :, None], adt_s.new_zeros((Bsz, L, R - 1, H))], 2).reshape(Bsz, L * R, H)
     if keep_groups:
         k_in, q_in = slots(Bk), slots(Cq)
-    else:
+    elif not fused:
         k_in, q_in = slots(k.to(x.dtype)), slots(q.to(x.dtype))
     core = {
         "x": xr if R == 1 else slots(xr), "dt": per_slot(w), "A": adt_s, "gam": per_slot(gamma),
@@ -231,7 +323,7 @@ def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optiona
                 x0r = x0r * inputs["W_x"].transpose(0, 1).to(f32)
             mu0 = mu[0, firsts] if cu_seqlens is not None else mu[:, 0]      # (rows, H)
             h0 = h0 + mu0[..., None, None] * torch.einsum("brhp,brhn->bhpn", x0r, k0)
-    return Prepared(core, h0, k, phi, last, Bsz, L)
+    return Prepared(core, h0, k_last, phi_last, last, Bsz, L)
 
 
 def finish(inputs: Mapping[str, Optional[torch.Tensor]], y: torch.Tensor, prep: Prepared, rank: int) -> torch.Tensor:
@@ -246,14 +338,8 @@ def final_pieces(inputs: Mapping[str, Optional[torch.Tensor]], prep: Prepared, c
                  rank: int) -> dict[str, Any]:
     """The final ``angle``, ``k`` and ``x`` states (rows first)."""
     x = inputs["x"]
-    if cu_seqlens is None:
-        k_last = prep.k_rot[:, -1]
-        x_last = x[:, -1]
-        phi_last = None if prep.phi is None else prep.phi[:, -1]
-    else:
-        k_last = prep.k_rot[0, prep.last]
-        x_last = x[0, prep.last]
-        phi_last = None if prep.phi is None else prep.phi[0, prep.last]
+    x_last = x[:, -1] if cu_seqlens is None else x[0, prep.last]
+    k_last, phi_last = prep.k_last, prep.phi_last
     rows, H = x_last.shape[0], x_last.shape[1]
     if phi_last is None:
         phi_last = x.new_zeros((rows, H, 0), dtype=torch.float32)

@@ -25,7 +25,7 @@ import torch
 
 from ..ir import Program, Schedule, mamba3
 from . import checks as ck
-from .mamba3_op import run_core
+from .mamba3_op import rotary, run_core
 from .mamba3_op import step as mamba3_step_op
 
 MIN_CHUNK, MAX_CHUNK = 16, 4096
@@ -163,7 +163,7 @@ def _run(a: dict[str, Any], inputs: dict[str, Optional[torch.Tensor]], rank: int
 
     program = program_json(rank, pairing, inputs.get("D") is not None, inputs.get("z") is not None)
     state = None if states is None else dict(zip(STATE_NAMES, states))
-    prep = m3.prepare(inputs, state, cu_seqlens, rank, pairing)
+    prep = m3.prepare(inputs, state, cu_seqlens, rank, pairing, rotary_op=rotary)
     core_cu = None if cu_seqlens is None else cu_seqlens * rank
     y, ssm = run_core(program, schedule_json(chunk), prep.core, prep.h0, core_cu, want_final)
     out = m3.finish(inputs, y, prep, rank)

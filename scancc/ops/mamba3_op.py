@@ -209,3 +209,87 @@ def step(
 @step.register_fake
 def _step_fake(program, schedule, angle, ssm, k_state, x_state, x, *rest):  # noqa: ANN001, ANN002, ANN202
     return torch.empty(tuple(x.shape), dtype=x.dtype, device=x.device)
+
+
+# -- the rotary prologue ---------------------------------------------------------------------------
+@torch.library.custom_op("scancc::mamba3_rotary", mutates_args=())
+def rotary(
+    pairing: str,
+    k: torch.Tensor,
+    q: torch.Tensor,
+    k_bias: Optional[torch.Tensor],
+    q_bias: Optional[torch.Tensor],
+    angles: torch.Tensor,
+    dt: torch.Tensor,
+    phi0: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`scancc.backends.triton_mamba3.rotary_prologue`: ``(k̃, q̃, φ_last)``."""
+    from ..backends.triton_mamba3 import rotary_prologue
+
+    return rotary_prologue(pairing, k, q, k_bias, q_bias, angles, dt, phi0)
+
+
+@rotary.register_fake
+def _rotary_fake(pairing, k, q, k_bias, q_bias, angles, dt, phi0):  # noqa: ANN001, ANN202
+    Bsz, L, _, N = k.shape
+    H, K = angles.shape[2], angles.shape[3]
+    out = k.new_empty((Bsz, L, H, N))
+    return out, k.new_empty((Bsz, L, H, N)), k.new_empty((Bsz, H, K), dtype=torch.float32)
+
+
+@torch.library.custom_op("scancc::mamba3_rotary_backward", mutates_args=())
+def rotary_backward(
+    pairing: str,
+    k: torch.Tensor,
+    q: torch.Tensor,
+    k_bias: Optional[torch.Tensor],
+    q_bias: Optional[torch.Tensor],
+    angles: torch.Tensor,
+    dt: torch.Tensor,
+    phi0: Optional[torch.Tensor],
+    grad_k: torch.Tensor,
+    grad_q: torch.Tensor,
+    grad_phi: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Gradients of ``k, q, [k_bias], [q_bias], angles, dt, [phi0]`` (those given), through the
+    torch form :func:`~scancc.backends.triton_mamba3.rotary_reference` recomputed."""
+    from ..backends.triton_mamba3 import rotary_reference
+    from .registry import _autograd_inside_op
+
+    given = [t for t in (k, q, k_bias, q_bias, angles, dt, phi0) if t is not None]
+    with _autograd_inside_op():
+        leaves = [t.detach().requires_grad_(True) for t in given]
+        it = iter(leaves)
+        args = [None if t is None else next(it) for t in (k, q, k_bias, q_bias, angles, dt, phi0)]
+        outs = rotary_reference(pairing, *args)
+        grads = torch.autograd.grad(outs, leaves, (grad_k, grad_q, grad_phi), allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g.detach().to(t.dtype).contiguous() for t, g in zip(given, grads)]
+
+
+@rotary_backward.register_fake
+def _rotary_backward_fake(pairing, k, q, k_bias, q_bias, angles, dt, phi0, grad_k, grad_q, grad_phi):  # noqa: ANN001, ANN202
+    return [t.new_empty(t.shape) for t in (k, q, k_bias, q_bias, angles, dt, phi0) if t is not None]
+
+
+def _rotary_setup(ctx: Any, inputs: tuple, output: Any) -> None:
+    pairing, *tensors = inputs
+    ctx.pairing = pairing
+    ctx.present = [t is not None for t in tensors]
+    ctx.save_for_backward(*[t for t in tensors if t is not None])
+
+
+def _rotary_grad(ctx: Any, grad_k: Optional[torch.Tensor], grad_q: Optional[torch.Tensor],
+                 grad_phi: Optional[torch.Tensor]) -> tuple:
+    saved = iter(ctx.saved_tensors)
+    tensors = [next(saved) if p else None for p in ctx.present]
+    k, _, _, _, angles = tensors[:5]
+    Bsz, L, _, N = k.shape
+    H, K = angles.shape[2], angles.shape[3]
+    grad_k = k.new_zeros((Bsz, L, H, N)) if grad_k is None else grad_k
+    grad_q = k.new_zeros((Bsz, L, H, N)) if grad_q is None else grad_q
+    grad_phi = k.new_zeros((Bsz, H, K), dtype=torch.float32) if grad_phi is None else grad_phi
+    grads = iter(rotary_backward(ctx.pairing, *tensors, grad_k, grad_q, grad_phi))
+    return (None, *[next(grads) if p else None for p in ctx.present])
+
+
+rotary.register_autograd(_rotary_grad, setup_context=_rotary_setup)

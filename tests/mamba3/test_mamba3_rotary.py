@@ -1,0 +1,63 @@
+"""The rotary prologue kernel (scancc/templates/triton/mamba3_rotary.py.j2) against its torch form,
+over several blocks of tokens (the fp64 carry of φ across blocks), and its custom op's gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scancc import oracle
+from scancc.backends.triton_mamba3 import rotary_prologue, rotary_reference
+from scancc.ops.mamba3_op import rotary
+
+
+def inputs(seqlen: int, heads: int, groups: int, dstate: int, pairs: int, dtype: torch.dtype, bias: str,
+           phi0: bool, requires_grad: bool = False) -> list:
+    g = torch.Generator().manual_seed(seqlen + pairs)
+
+    def rnd(*shape: int, scale: float = 1.0, dt: torch.dtype = torch.float32) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=g)).to(dt).requires_grad_(requires_grad)
+
+    batch = 2
+    DT = (0.05 + torch.rand(batch, heads, seqlen, generator=g)).requires_grad_(requires_grad)
+    return [
+        rnd(batch, seqlen, groups, dstate, dt=dtype), rnd(batch, seqlen, groups, dstate, dt=dtype),
+        rnd(heads, dstate, scale=0.2) if bias in ("both", "k") else None,
+        rnd(heads, dstate, scale=0.2) if bias in ("both", "q") else None,
+        rnd(batch, seqlen, heads, pairs, scale=3.0), DT.transpose(1, 2),     # dt (batch, seqlen, heads), strided
+        rnd(batch, heads, pairs, scale=3.0) if phi0 else None,
+    ]
+
+
+@pytest.mark.parametrize("pairing, seqlen, groups, pairs, dtype, bias, phi0", [
+    ("interleaved", 200, 1, 3, torch.float32, "both", True),
+    ("interleaved", 130, 2, 4, torch.bfloat16, "k", False),
+    ("halves", 70, 2, 2, torch.float32, "q", True),
+    ("interleaved", 65, 1, 0, torch.float32, "none", False),
+])
+def test_kernel_matches_torch_form(pairing: str, seqlen: int, groups: int, pairs: int, dtype: torch.dtype,
+                                   bias: str, phi0: bool) -> None:
+    args = inputs(seqlen, 4, groups, 8, pairs, dtype, bias, phi0)
+    got = rotary_prologue(pairing, *args)
+    want = rotary_reference(pairing, *args)
+    tol = oracle.tolerance(dtype)
+    for name, a, b in zip(("k", "q"), got, want):
+        assert a.dtype == dtype and oracle.rel_l2(a, b) <= tol, name
+    if pairs:
+        assert oracle.rel_l2(torch.exp(1j * got[2].double()), torch.exp(1j * want[2].double())) <= 1e-5
+        assert float(got[2].min()) >= 0.0 and float(got[2].max()) < 2 * math.pi
+
+
+def test_op_gradients_match_torch_form() -> None:
+    args = inputs(80, 2, 1, 8, 3, torch.float32, "both", True, requires_grad=True)
+    gen = torch.Generator().manual_seed(3)
+    outs = rotary("interleaved", *args)
+    ref = rotary_reference("interleaved", *args)
+    weights = [torch.randn(o.shape, generator=gen) for o in ref]
+    leaves = [a for a in args if a is not None]
+    got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), leaves)
+    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), leaves)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert oracle.rel_l2(a, b) <= 1e-5, f"input {i}"
