@@ -120,10 +120,11 @@ def cumulative_angles(inc: torch.Tensor, starts: torch.Tensor, phi0: Optional[to
 
 # -- the rotary prologue (rank 1, one sequence per row) ---------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _rotary_kernel(pairing: str) -> Any:
+def _rotary_kernel(pairing: str, which: str = "") -> Any:
+    """The forward (``which=""``) or backward (``"bwd"``) rotary kernel for a pairing."""
     name = f"mamba3_rotary_{pairing}"
     source = render(ROTARY_TEMPLATE, name=name, pairing=pairing)
-    return getattr(load_source(source, "triton", name), f"{name}_kernel")
+    return getattr(load_source(source, "triton", name), f"{name}_{which + '_' if which else ''}kernel")
 
 
 def rotary_prologue(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Optional[torch.Tensor],
@@ -161,13 +162,65 @@ def rotary_prologue(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Opti
     return k_out, q_out, phi_last
 
 
+def rotary_prologue_backward(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Optional[torch.Tensor],
+                             q_bias: Optional[torch.Tensor], angles: torch.Tensor, dt: torch.Tensor,
+                             phi0: Optional[torch.Tensor], grad_k: torch.Tensor, grad_q: torch.Tensor,
+                             grad_phi: torch.Tensor) -> dict[str, Optional[torch.Tensor]]:
+    """Gradients of :func:`rotary_prologue`'s inputs by name (``k, q, k_bias, q_bias, angles, dt,
+    phi0``; None for inputs not given) from those of ``k̃, q̃, φ_last``: one kernel per (row,
+    head), then the sums over the heads of a group and over rows (deterministic, no atomics)."""
+    Bsz, L, G, N = k.shape
+    H, K = angles.shape[2], angles.shape[3]
+    dev, f32 = k.device, torch.float32
+    block_n = max(2, 1 << max(0, (N - 1).bit_length()))
+    n_blocks = -(-L // ROTARY_BLOCK_L)
+
+    def c(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if t is None else t.contiguous()
+
+    kb, qb = k_bias, q_bias
+    if (kb is None) != (qb is None):
+        zero = torch.zeros((H, N), dtype=f32, device=dev)
+        kb, qb = (zero if kb is None else kb), (zero if qb is None else qb)
+    per_head = G == H                       # ∂L/∂u is then ∂L/∂k itself: written in k's dtype
+    du_dtype = k.dtype if per_head else f32
+    du_k = torch.empty((Bsz, L, H, N), dtype=du_dtype, device=dev)
+    du_q = torch.empty_like(du_k)
+    dkb_part = torch.empty((Bsz, H, N), dtype=f32, device=dev)
+    dqb_part = torch.empty_like(dkb_part)
+    dangles = torch.empty((Bsz, L, H, K), dtype=f32, device=dev)
+    ddt = torch.empty((Bsz, L, H), dtype=f32, device=dev)
+    dphi0 = torch.empty((Bsz, H, K), dtype=f32, device=dev)
+    carries = torch.empty((Bsz, H, n_blocks, block_n), dtype=torch.float64, device=dev)
+    kernel = _rotary_kernel(pairing, "bwd")
+    args = (c(k), c(q), c(kb), c(qb), c(angles), dt, *dt.stride(), c(phi0), c(grad_k), c(grad_q), c(grad_phi),
+            carries, du_k, du_q, dkb_part, dqb_part, dangles, ddt, dphi0, L, H, G, N, K, H // G, n_blocks)
+    meta = dict(HAS_BIAS=kb is not None, HAS_PHI0=phi0 is not None, BLOCK_L=ROTARY_BLOCK_L, BLOCK_N=block_n,
+                num_warps=4)
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            kernel[(Bsz, H)](*args, **meta)
+    else:
+        kernel[(Bsz, H)](*args, **meta)
+    if not per_head:
+        du_k = du_k.view(Bsz, L, G, H // G, N).sum(3)
+        du_q = du_q.view(Bsz, L, G, H // G, N).sum(3)
+    return {
+        "k": du_k.to(k.dtype), "q": du_q.to(q.dtype),
+        "k_bias": None if k_bias is None else dkb_part.sum(0).to(k_bias.dtype),
+        "q_bias": None if q_bias is None else dqb_part.sum(0).to(q_bias.dtype),
+        "angles": dangles.to(angles.dtype), "dt": ddt.to(dt.dtype),
+        "phi0": None if phi0 is None else dphi0.to(phi0.dtype),
+    }
+
+
 def rotary_reference(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Optional[torch.Tensor],
                      q_bias: Optional[torch.Tensor], angles: torch.Tensor, dt: torch.Tensor,
                      phi0: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`rotary_prologue` in torch (differentiable; its backward recomputes through this)."""
     Bsz, L, G, N = k.shape
     H = angles.shape[2]
-    f32 = torch.float32
+    f32 = torch.float64 if k.dtype == torch.float64 else torch.float32     # float64: a reference for tests
     inc = dt.to(f32)[..., None] * (math.pi * torch.tanh(angles.to(f32)))
     starts = torch.zeros((Bsz, L), dtype=torch.bool, device=k.device)
     starts[:, 0] = True

@@ -251,19 +251,13 @@ def rotary_backward(
     grad_q: torch.Tensor,
     grad_phi: torch.Tensor,
 ) -> list[torch.Tensor]:
-    """Gradients of ``k, q, [k_bias], [q_bias], angles, dt, [phi0]`` (those given), through the
-    torch form :func:`~scancc.backends.triton_mamba3.rotary_reference` recomputed."""
-    from ..backends.triton_mamba3 import rotary_reference
-    from .registry import _autograd_inside_op
+    """Gradients of ``k, q, [k_bias], [q_bias], angles, dt, [phi0]`` (those given):
+    :func:`scancc.backends.triton_mamba3.rotary_prologue_backward`."""
+    from ..backends.triton_mamba3 import rotary_prologue_backward
 
-    given = [t for t in (k, q, k_bias, q_bias, angles, dt, phi0) if t is not None]
-    with _autograd_inside_op():
-        leaves = [t.detach().requires_grad_(True) for t in given]
-        it = iter(leaves)
-        args = [None if t is None else next(it) for t in (k, q, k_bias, q_bias, angles, dt, phi0)]
-        outs = rotary_reference(pairing, *args)
-        grads = torch.autograd.grad(outs, leaves, (grad_k, grad_q, grad_phi), allow_unused=True)
-    return [torch.zeros_like(t) if g is None else g.detach().to(t.dtype).contiguous() for t, g in zip(given, grads)]
+    grads = rotary_prologue_backward(pairing, k, q, k_bias, q_bias, angles, dt, phi0, grad_k, grad_q, grad_phi)
+    named = dict(k=k, q=q, k_bias=k_bias, q_bias=q_bias, angles=angles, dt=dt, phi0=phi0)
+    return [grads[name].reshape(t.shape).contiguous() for name, t in named.items() if t is not None]
 
 
 @rotary_backward.register_fake

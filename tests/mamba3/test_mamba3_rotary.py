@@ -21,7 +21,7 @@ def inputs(seqlen: int, heads: int, groups: int, dstate: int, pairs: int, dtype:
         return (scale * torch.randn(*shape, generator=g)).to(dt).requires_grad_(requires_grad)
 
     batch = 2
-    DT = (0.05 + torch.rand(batch, heads, seqlen, generator=g)).requires_grad_(requires_grad)
+    DT = (0.02 + 0.5 * torch.rand(batch, heads, seqlen, generator=g)).requires_grad_(requires_grad)
     return [
         rnd(batch, seqlen, groups, dstate, dt=dtype), rnd(batch, seqlen, groups, dstate, dt=dtype),
         rnd(heads, dstate, scale=0.2) if bias in ("both", "k") else None,
@@ -41,8 +41,8 @@ def test_kernel_matches_torch_form(pairing: str, seqlen: int, groups: int, pairs
                                    bias: str, phi0: bool) -> None:
     args = inputs(seqlen, 4, groups, 8, pairs, dtype, bias, phi0)
     got = rotary_prologue(pairing, *args)
-    want = rotary_reference(pairing, *args)
-    tol = oracle.tolerance(dtype)
+    want = rotary_reference(pairing, *[None if a is None else a.double() for a in args])   # float64 truth
+    tol = oracle.tolerance(dtype, chunked=True)
     for name, a, b in zip(("k", "q"), got, want):
         assert a.dtype == dtype and oracle.rel_l2(a, b) <= tol, name
     if pairs:
@@ -50,14 +50,24 @@ def test_kernel_matches_torch_form(pairing: str, seqlen: int, groups: int, pairs
         assert float(got[2].min()) >= 0.0 and float(got[2].max()) < 2 * math.pi
 
 
-def test_op_gradients_match_torch_form() -> None:
-    args = inputs(80, 2, 1, 8, 3, torch.float32, "both", True, requires_grad=True)
+@pytest.mark.parametrize("pairing, seqlen, heads, groups, pairs, bias, phi0", [
+    ("interleaved", 150, 2, 1, 3, "both", True),      # three blocks, heads summed into one group
+    ("interleaved", 40, 4, 4, 4, "k", False),         # a q/k head per head: no group sum
+    ("halves", 100, 4, 2, 2, "none", True),
+])
+def test_op_gradients_match_torch_form(pairing: str, seqlen: int, heads: int, groups: int, pairs: int, bias: str,
+                                       phi0: bool) -> None:
+    """The backward kernel (∂ of keys, queries, biases, angles, Δ and φ_0 from ∂ of k̃, q̃, φ_last)
+    against autograd through the torch form."""
+    args = inputs(seqlen, heads, groups, 8, pairs, torch.float32, bias, phi0, requires_grad=True)
     gen = torch.Generator().manual_seed(3)
-    outs = rotary("interleaved", *args)
-    ref = rotary_reference("interleaved", *args)
-    weights = [torch.randn(o.shape, generator=gen) for o in ref]
+    outs = rotary(pairing, *args)
+    args64 = [None if a is None else a.detach().double().requires_grad_(True) for a in args]
+    ref = rotary_reference(pairing, *args64)
+    weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in ref]
     leaves = [a for a in args if a is not None]
-    got = torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights)), leaves)
-    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), leaves)
+    leaves64 = [a for a in args64 if a is not None]
+    got = torch.autograd.grad(sum((o.double() * w).sum() for o, w in zip(outs, weights)), leaves)
+    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), leaves64)
     for i, (a, b) in enumerate(zip(got, want)):
-        assert oracle.rel_l2(a, b) <= 1e-5, f"input {i}"
+        assert oracle.rel_l2(a, b) <= 1e-4, f"input {i}"
