@@ -222,9 +222,7 @@ def rotary_reference(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Opt
     H = angles.shape[2]
     f32 = torch.float64 if k.dtype == torch.float64 else torch.float32     # float64: a reference for tests
     inc = dt.to(f32)[..., None] * (math.pi * torch.tanh(angles.to(f32)))
-    starts = torch.zeros((Bsz, L), dtype=torch.bool, device=k.device)
-    starts[:, 0] = True
-    seq_of = torch.arange(Bsz, device=k.device)[:, None].expand(Bsz, L)
+    starts, seq_of = sequence_starts(Bsz, L, None, k.device)
     phi = cumulative_angles(inc, starts, phi0, seq_of)
     cos, sin = torch.cos(phi), torch.sin(phi)
     out = []
@@ -234,6 +232,21 @@ def rotary_reference(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Opt
             v = v + bias.to(f32)
         out.append(rotate(v, cos, sin, pairing).to(k.dtype))
     return out[0], out[1], phi[:, -1]
+
+
+def sequence_starts(batch: int, seqlen: int, cu_seqlens: Optional[torch.Tensor],
+                    device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``starts (batch, seqlen)`` bool, True at every sequence's first token, and ``seq_of
+    (batch, seqlen)`` the state row of each token (rows are batch rows without ``cu_seqlens``)."""
+    if cu_seqlens is None:
+        starts = torch.zeros((batch, seqlen), dtype=torch.bool, device=device)
+        starts[:, 0] = True
+        return starts, torch.arange(batch, device=device)[:, None].expand(batch, seqlen)
+    cu = cu_seqlens.to(device=device, dtype=torch.int64)
+    starts = torch.zeros((1, seqlen + 1), dtype=torch.bool, device=device)
+    starts[0, cu[:-1]] = True
+    seq_of = torch.searchsorted(cu[1:], torch.arange(seqlen, device=device), right=True)[None]
+    return starts[:, :seqlen], seq_of
 
 
 @dataclass
@@ -276,30 +289,25 @@ def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optiona
     if H % G:
         raise ValueError(f"mamba3: the groups of B/C ({G}) must divide heads ({H})")
 
-    # sequences: start flags, the state row of every token, each row's last token
+    # sequences: each row's first and last token (and, for the angles, start flags and state rows)
     if cu_seqlens is None:
-        starts = torch.zeros((Bsz, L), dtype=torch.bool, device=dev)
-        starts[:, 0] = True
-        seq_of = torch.arange(Bsz, device=dev)[:, None].expand(Bsz, L)
         last = torch.full((Bsz,), L - 1, device=dev, dtype=torch.int64)
         firsts = torch.zeros((Bsz,), device=dev, dtype=torch.int64)
     else:
         cu = cu_seqlens.to(device=dev, dtype=torch.int64)
-        starts = torch.zeros((1, L + 1), dtype=torch.bool, device=dev)
-        starts[0, cu[:-1]] = True
-        starts = starts[:, :L]
-        seq_of = (torch.searchsorted(cu[1:], torch.arange(L, device=dev), right=True))[None]
         last = cu[1:] - 1
         firsts = cu[:-1]
-    is_last = torch.zeros_like(starts)
-    is_last[:, :-1] = starts[:, 1:]
-    is_last[:, -1] = True
 
     delta = dt.to(f32)
     lam = torch.sigmoid(trap.to(f32))
     gamma = lam * delta
     mu = (1.0 - lam) * delta
-    mu_next = torch.cat([mu[:, 1:], torch.zeros_like(mu[:, :1])], 1) * (~is_last)[..., None]
+    # μ of the next token of the same sequence (0 after a sequence's last token)
+    if cu_seqlens is None:
+        mu_next = torch.nn.functional.pad(mu[:, 1:], (0, 0, 0, 1))
+    else:
+        starts, _ = sequence_starts(Bsz, L, cu_seqlens, dev)
+        mu_next = torch.nn.functional.pad(mu[:, 1:] * (~starts[:, 1:])[..., None], (0, 0, 0, 1))
     w = gamma + mu_next
 
     phi_last: Optional[torch.Tensor] = None
@@ -330,7 +338,7 @@ def prepare(inputs: Mapping[str, Optional[torch.Tensor]], initial_state: Optiona
                         q = q + bias.transpose(0, 1)
             angles = inputs["angles"]
             inc = delta[..., None] * (math.pi * torch.tanh(angles.to(f32)))
-            phi0 = None if initial_state is None else initial_state.get("angle")
+            starts, seq_of = sequence_starts(Bsz, L, cu_seqlens, dev)
             phi = cumulative_angles(inc, starts, phi0, seq_of)
             cos, sin = torch.cos(phi)[:, :, None], torch.sin(phi)[:, :, None]
             k, q = rotate(k, cos, sin, pairing), rotate(q, cos, sin, pairing)
