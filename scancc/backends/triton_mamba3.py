@@ -45,7 +45,10 @@ DEFAULT_CHUNK = 64
 STATE_KEYS = ("angle", "ssm", "k", "x")
 ANGLE_BLOCK = 64
 ROTARY_TEMPLATE = "triton/mamba3_rotary.py.j2"
-ROTARY_BLOCK_L = ANGLE_BLOCK
+ROTARY_BLOCK_L = 16
+ROTARY_WARPS = 8
+"""The rotary kernels' tiles: 16 tokens × dstate, 8 warps (ptxas for sm_90 at dstate 128, bf16:
+forward 116 registers, backward 254, neither spilling; 64-token tiles spilled heavily)."""
 """Rotary angles are summed in fp32 inside blocks of this many tokens and across blocks in fp64."""
 
 
@@ -153,7 +156,7 @@ def rotary_prologue(pairing: str, k: torch.Tensor, q: torch.Tensor, k_bias: Opti
     args = (c(k), c(q), c(k_bias), c(q_bias), c(angles), dt, *dt.stride(), c(phi0), k_out, q_out, phi_last,
             L, H, G, N, K, H // G)
     meta = dict(HAS_BIAS=k_bias is not None, HAS_PHI0=phi0 is not None, BLOCK_L=ROTARY_BLOCK_L,
-                BLOCK_N=max(2, 1 << max(0, (N - 1).bit_length())), num_warps=4)
+                BLOCK_N=max(2, 1 << max(0, (N - 1).bit_length())), num_warps=ROTARY_WARPS)
     if k.device.type == "cuda":
         with torch.cuda.device(k.device):
             kernel[(Bsz, H)](*args, **meta)
@@ -196,7 +199,7 @@ def rotary_prologue_backward(pairing: str, k: torch.Tensor, q: torch.Tensor, k_b
     args = (c(k), c(q), c(kb), c(qb), c(angles), dt, *dt.stride(), c(phi0), c(grad_k), c(grad_q), c(grad_phi),
             carries, du_k, du_q, dkb_part, dqb_part, dangles, ddt, dphi0, L, H, G, N, K, H // G, n_blocks)
     meta = dict(HAS_BIAS=kb is not None, HAS_PHI0=phi0 is not None, BLOCK_L=ROTARY_BLOCK_L, BLOCK_N=block_n,
-                num_warps=4)
+                num_warps=ROTARY_WARPS)
     if dev.type == "cuda":
         with torch.cuda.device(dev):
             kernel[(Bsz, H)](*args, **meta)
