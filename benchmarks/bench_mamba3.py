@@ -204,13 +204,25 @@ def graph_ms(fn: Callable[[], Any], device: str) -> float:
     return common.bench_ms(graph.replay, device)
 
 
-def decode_bandwidth(batch: int, heads: int, headdim: int, dstate: int, rank: int, device: str) -> dict[str, float]:
+DECODE_TILES = {"scancc": None, "scancc block_d=32": (32, 8), "scancc block_d=16 4 warps": (16, 4)}
+"""Decode rows: the op's default tiles, and two other (block_d, num_warps) of the step kernel."""
+
+
+def decode_bandwidth(batch: int, heads: int, headdim: int, dstate: int, rank: int, device: str,
+                     tiles: tuple[int, int] | None = None) -> dict[str, float]:
     """One ``mamba3_step`` (CUDA graph replay) timed against ``Tensor.copy_`` of the ssm state
     (both read and write it once): ``{"step_ms", "eager_ms", "copy_ms", "state_gbps",
-    "copy_gbps", "fraction", "err"}``; ``eager_ms`` includes the host's argument checks."""
+    "copy_gbps", "fraction", "err"}``; ``eager_ms`` includes the host's argument checks.
+    ``tiles``: ``(block_d, num_warps)`` of the step kernel instead of its default schedule."""
     import torch
 
+    import scancc.ops.mamba3 as m3
+    from scancc.ir import Schedule
     from scancc.ops import mamba3_step
+
+    if tiles is not None:   # the op's schedule, replaced for this process (a worker runs one case)
+        schedule = Schedule(algorithm="step", block_d=tiles[0], num_warps=tiles[1]).to_json()
+        m3.step_schedule_json = lambda: schedule
 
     kwargs, states = make_decode_inputs(batch, heads, headdim, dstate, rank, device)
     work = tuple(s.clone() for s in states)
@@ -231,7 +243,7 @@ def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
     import torch
 
     if case["mode"] == "decode":
-        result = decode_bandwidth(*case["shape"], device=device)
+        result = decode_bandwidth(*case["shape"], device=device, tiles=DECODE_TILES[case["impl"]])
         return {"time_ms": result["step_ms"], "err": result["err"],
                 "note": f"CUDA graph; {100 * result['fraction']:.0f}% of a same-size copy_ "
                         f"({result['copy_ms'] * 1e3:.1f} us); eager call {result['eager_ms'] * 1e3:.1f} us"}
@@ -264,8 +276,8 @@ def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
 def plan_cases(smoke: bool) -> list[dict[str, Any]]:
     cases = [{"impl": impl, "shape": shape, "mode": mode}
              for shape in (SMOKE_SHAPES if smoke else FULL_SHAPES) for mode in MODES for impl in IMPLS]
-    return cases + [{"impl": "scancc", "shape": shape, "mode": "decode"}
-                    for shape in (SMOKE_DECODE_SHAPES if smoke else DECODE_SHAPES)]
+    return cases + [{"impl": impl, "shape": shape, "mode": "decode"}
+                    for shape in (SMOKE_DECODE_SHAPES if smoke else DECODE_SHAPES) for impl in DECODE_TILES]
 
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
