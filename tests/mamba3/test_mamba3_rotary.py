@@ -71,3 +71,29 @@ def test_op_gradients_match_torch_form(pairing: str, seqlen: int, heads: int, gr
     want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), leaves64)
     for i, (a, b) in enumerate(zip(got, want)):
         assert oracle.rel_l2(a, b) <= 1e-4, f"input {i}"
+
+
+@pytest.mark.gpu
+def test_benchmark_shape_on_gpu() -> None:
+    """B4 L4096 H32 (one q/k head) N128 K64 bf16 on the GPU: values and gradients of the kernels
+    against the float64 torch form."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape: int, scale: float = 1.0, dt: torch.dtype = torch.float32) -> torch.Tensor:
+        return (scale * torch.randn(*shape, device="cuda", generator=g)).to(dt).requires_grad_(True)
+
+    B, L, H, N = 4, 4096, 32, 128
+    DT = (0.001 + 0.1 * torch.rand(B, H, L, device="cuda", generator=g)).requires_grad_(True)
+    args = [rnd(B, L, 1, N, scale=N ** -0.5, dt=torch.bfloat16), rnd(B, L, 1, N, scale=N ** -0.5, dt=torch.bfloat16),
+            rnd(H, N, scale=0.1), rnd(H, N, scale=0.1), rnd(B, L, H, N // 2, dt=torch.bfloat16), DT.transpose(1, 2),
+            rnd(B, H, N // 2)]
+    outs = rotary("interleaved", *args)
+    args64 = [a.detach().double().requires_grad_(True) for a in args]
+    ref = rotary_reference("interleaved", *args64)
+    for name, a, b in zip(("k", "q"), outs, ref):
+        assert oracle.rel_l2(a, b) <= oracle.tolerance(torch.bfloat16), name
+    weights = [torch.randn(o.shape, device="cuda", generator=g, dtype=torch.float64) for o in ref]
+    got = torch.autograd.grad(sum((o.double() * w).sum() for o, w in zip(outs, weights)), args)
+    want = torch.autograd.grad(sum((o * w).sum() for o, w in zip(ref, weights)), args64)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert oracle.rel_l2(a, b) <= oracle.tolerance(torch.bfloat16), f"input {i}"
