@@ -9,7 +9,8 @@ Shapes (program, sizes, dtype; the SSD chunk is pinned as ``mamba_chunk_scan_com
 - ``decode``: ``ir.ssd(gate=False).as_step()`` bf16 B16 H80 P64 N128 (Mamba-2 decode, the
   kernel ``selective_state_update`` launches, timed in place on copies of the state);
 - ``decode1``: ``ir.selective().as_step()`` bf16 B16 D5120 N16 (Mamba-1 decode; run only when
-  named, ``--only decode1``, to keep the default run within its deadline).
+  named, ``--only decode1``, to keep the default run within its deadline; ``--only`` takes
+  comma-separated names).
 
 For each shape two isolated processes share one fresh Triton cache directory: ``budgeted``
 runs ``scancc.autotune.tune`` as ``scancc tune --budget`` does (strategy ``auto``: successive
@@ -359,13 +360,20 @@ def plan_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
     common_fields = {"smoke": args.smoke, "out": str(args.out), "warmup": 1 if args.smoke else 3,
                      "repeats": 2 if args.smoke else 20}
     # the dispatch case and the quick decode shapes first: a run cut short by the deadline loses a slow shape
+    named = [text for text in args.only.split(",") if text]
+
+    def wanted(name: str) -> bool:  # shapes ON_REQUEST run only when named exactly
+        if name in ON_REQUEST:
+            return name in named
+        return not named or any(text in name for text in named)
+
     cases = []
-    if not args.only or args.only in "dispatch":
+    if wanted("dispatch"):
         cases.append({**common_fields, "shape": "dispatch", "phase": "dispatch", "pin": []})
     order = sorted(shapes, key=lambda n: (not n.startswith("decode"), list(shapes).index(n)))
     for name in order:
         shape = shapes[name]
-        if (args.only and args.only not in name) or (name in ON_REQUEST and args.only != name):
+        if not wanted(name):
             continue
         base = {**common_fields, "shape": name, "pin": list(shape.pin)}
         cases.append({**base, "phase": "budgeted", "budget": budget, "trials": 3 if args.smoke else None})

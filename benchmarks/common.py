@@ -221,7 +221,8 @@ def parser(
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench-results"),
                    help="folder for <name>.jsonl and <name>.md (default: $OUT or ./bench-results)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU under the Triton interpreter")
-    p.add_argument("--only", default="", help="run only implementations whose name contains this text")
+    p.add_argument("--only", default="",
+                   help="run only implementations whose name contains one of these comma-separated texts")
     p.add_argument("--cases", default="", help="run only cases whose name contains one of these comma-separated texts")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per isolated case")
     p.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one JSON case
@@ -304,7 +305,7 @@ def orchestrate(
     print(f"{title}: {meta['device']}, copy {copy['copy_tbps']:.3g} TB/s; results in {results.markdown}", flush=True)
     scancc_ms: dict[str, float] = {}
     for case in cases:
-        if args.only and args.only not in case["impl"]:
+        if args.only and not any(text in case["impl"] for text in args.only.split(",")):
             continue
         row = make_row(case)
         wanted = getattr(args, "cases", "")

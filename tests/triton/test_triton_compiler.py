@@ -53,8 +53,7 @@ def test_bad_argument_types() -> None:
         compiler.compile(ir.linear(), schedule={"block_l": 16})  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("program", [ir.mamba3(), ir.gla(), ir.linear().as_step()],
-                         ids=["mamba3", "gla", "step"])
+@pytest.mark.parametrize("program", [ir.gla(), ir.linear().as_step()], ids=["gla", "step"])
 def test_programs_the_backend_cannot_lower_are_refused(program: ir.Program) -> None:
     backend = TritonBackend()
     assert not backend.supports(program, backend.default_schedule(program))
