@@ -7,6 +7,10 @@ Baselines: ``reference`` is the step-by-step PyTorch loop of mamba-ssm's
 Python iteration per time step), written out here so the script needs no mamba-ssm;
 ``torch.compile`` is a per-step loop whose step function is compiled. Times are medians over
 ``--repeats`` runs after one warm-up run; all variants use float32.
+
+Bandwidth: the least bytes the forward must move (read ``u``, ``delta``, ``z``, ``B``, ``C``,
+write ``out``; fp32) over the TVM kernel's time, next to this machine's copy bandwidth measured
+in the same run (``dst.copy_(src)`` of ``--copy-mib`` MiB fp32, read + write counted).
 """
 
 from __future__ import annotations
@@ -65,6 +69,19 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def copy_bandwidth_gbs(mib: int, repeats: int) -> float:
+    """Read + write bytes per second of ``dst.copy_(src)`` on ``mib`` MiB, in GB/s."""
+    src = torch.rand(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    seconds = timed(lambda: dst.copy_(src), repeats)
+    return 2 * src.numel() * 4 / seconds / 1e9
+
+
+def forward_bytes(batch: int, dim: int, dstate: int, seqlen: int) -> int:
+    """fp32 bytes the forward reads and writes at least: u, delta, z, out (B·D·L each), B and C (B·N·L each)."""
+    return 4 * (4 * batch * dim * seqlen + 2 * batch * dstate * seqlen)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
@@ -72,6 +89,7 @@ def main() -> None:
     parser.add_argument("--dstate", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--copy-mib", type=int, default=512, help="size of the copy that measures memory bandwidth")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile baseline")
     args = parser.parse_args()
 
@@ -95,7 +113,11 @@ def main() -> None:
     err = float((kernel.forward(inputs).out - ref).norm() / ref.norm())
     t_ref = timed(lambda: reference(*call), max(1, args.repeats // 2))
     print(f"shape B{b} D{d} N{n} L{L}, {torch.get_num_threads()} torch threads")
-    print(f"scancc tvm      {t_tvm * 1e3:9.2f} ms   (rel. L2 vs reference {err:.1e})")
+    copy_gbs = copy_bandwidth_gbs(args.copy_mib, args.repeats)
+    tvm_gbs = forward_bytes(b, d, n, L) / t_tvm / 1e9
+    print(f"memory copy     {copy_gbs:9.2f} GB/s ({args.copy_mib} MiB fp32, read + write)")
+    print(f"scancc tvm      {t_tvm * 1e3:9.2f} ms   (rel. L2 vs reference {err:.1e}); "
+          f"{tvm_gbs:.2f} GB/s = {100 * tvm_gbs / copy_gbs:.1f} % of copy")
     print(f"reference loop  {t_ref * 1e3:9.2f} ms   tvm speed-up {t_ref / t_tvm:6.1f}x")
     if not args.skip_compile:
         step = torch.compile(_step, dynamic=False)
