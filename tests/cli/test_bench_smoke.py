@@ -61,3 +61,17 @@ def test_autotune_smoke_run_tunes_compares_and_exports(tmp_path: Path) -> None:
     exported = json.loads((tmp_path / "autotune_defaults.json").read_text())
     assert exported["schema"] == "scancc.autotune" and len(exported["records"]) == len(budgeted)
     assert "| budgeted |" in (tmp_path / "autotune.md").read_text()
+
+
+def test_sass_mix_counts_the_selective_forward_instructions() -> None:
+    """sass_mix.py compiles the selective forward for sm_90 without a GPU and reports per-element
+    counts: the exp of the decay is one MUFU per state element at least."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "sass_mix.py"), "--block-d", "16",
+                          "--num-warps", "1"], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "128 state elements per thread per tile" in res.stdout
+    per_element = {line.split()[0]: float(line.split()[-3]) for line in res.stdout.splitlines()[1:]}
+    assert per_element["MUFU"] >= 1.0 and per_element["all"] > per_element["MUFU"], res.stdout

@@ -1,0 +1,103 @@
+"""Instruction mix per state element of a diagonal-family Triton forward kernel, without a GPU.
+
+Compiles the generated forward kernel of a preset (default: the Mamba-1 selective scan, bf16
+activations, every flag on) for sm_90 with Triton's own compiler, disassembles the cubin with
+the ``cuobjdump`` Triton ships, and divides each opcode's count by the state elements one
+thread updates per tile (``BLOCK_D·BLOCK_N·BLOCK_L / threads``). The tile loop body is fully
+unrolled over ``BLOCK_L``, so the counts are dominated by it; prologue and epilogue add a
+little. What it is for: a kernel bound by its special-function unit wants about one ``MUFU``
+and a few FP32 instructions per element, and every ``SHFL`` (warp shuffle: a reduction or a
+layout change across lanes) in the inner loop costs issue slots of the same shared pipe.
+
+    python benchmarks/sass_mix.py                                 # the selective scan's default tiles
+    python benchmarks/sass_mix.py --block-d 32 --block-l 16 --num-warps 2
+
+Static counts are a proxy, not a timing: latency, occupancy and memory are not in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+HALF_ACTIVATIONS = {"u", "x", "a", "delta", "B", "C", "z", "out"}
+PER_CHANNEL = {"A", "A_bar", "B_bar", "D", "delta_bias", "h0", "ht", "ckpt"}
+
+
+def compile_cubin(preset: str, block_d: int, block_l: int, dstate: int, num_warps: int) -> bytes:
+    """The forward kernel of ``preset``, compiled for sm_90 at these tiles (no GPU needed)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from scancc import ir
+    from scancc.backends.modules import load_source
+    from scancc.backends.triton import TritonBackend
+
+    program = getattr(ir, preset)()
+    backend = TritonBackend()
+    source = backend.lower(program, backend.default_schedule(program))
+    fn = getattr(load_source(source, "triton", program.name), f"{program.name}_fwd_kernel")
+    constexprs = {"dstate": dstate, "BLOCK_D": block_d, "BLOCK_N": dstate, "BLOCK_L": block_l, "CKPT_EVERY": 1,
+                  "HAS_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "VARLEN": False}
+    constexprs.update({n: True for n in fn.arg_names if n.startswith("HAS_") and n not in constexprs})
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in HALF_ACTIVATIONS:
+            signature[name] = "*bf16"
+        elif name in PER_CHANNEL:
+            signature[name] = "*fp32"
+        elif name == "cu_seqlens":
+            signature[name] = "*i32"
+        else:
+            signature[name] = "i32"
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return kernel.asm["cubin"]
+
+
+def opcode_counts(cubin: bytes) -> collections.Counter:
+    """SASS opcodes (without modifiers) of a cubin, via the cuobjdump bundled with Triton."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    pattern = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+    return collections.Counter(m.group(1) for m in map(pattern.match, sass.splitlines()) if m)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="selective")
+    p.add_argument("--block-d", type=int, default=32)
+    p.add_argument("--block-l", type=int, default=16)
+    p.add_argument("--dstate", type=int, default=16)
+    p.add_argument("--num-warps", type=int, default=4)
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    counts = opcode_counts(compile_cubin(args.preset, args.block_d, args.block_l, args.dstate, args.num_warps))
+    elements = args.block_d * args.dstate * args.block_l / (32 * args.num_warps)
+    total = sum(counts.values())
+    print(f"{args.preset} forward, sm_90, BLOCK_D {args.block_d} BLOCK_N {args.dstate} BLOCK_L {args.block_l}, "
+          f"{args.num_warps} warps: {elements:g} state elements per thread per tile")
+    print(f"  all instructions  {total:6d}  {total / elements:6.2f} per element")
+    for op, n in counts.most_common(12):
+        print(f"  {op:<17} {n:6d}  {n / elements:6.2f} per element")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
