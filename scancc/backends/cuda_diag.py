@@ -1,4 +1,4 @@
-"""The diagonal family on the CUDA backend: launch geometry, template context, the compiled scan.
+"""The diagonal family on the CUDA backend: launch geometry, template context, the compiled scans.
 
 ``scancc/templates/cuda/diagonal.cu.j2`` holds one forward and one backward kernel per
 program (see its header for the schedule). What varies per call and is compiled in: the
@@ -9,21 +9,24 @@ every shape and dtype and each combination is one cached module.
 The geometry is a pure function (:func:`choose_config`) of the plan, the schedule and the
 sizes, so it is unit-tested without a GPU; :func:`smem_bytes` mirrors the template's shared
 arrays and keeps every block within the 48 KiB of static shared memory.
+
+:class:`CUDADiagonalHost` is what the sequential scan here and the chunked ones
+(:mod:`scancc.backends.cuda_linear`, :mod:`scancc.backends.cuda_selective`) add to the shared
+host code of :mod:`scancc.backends.diagonal_host`: operand dtypes, type macros, named arguments.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ..ir import Program, Schedule
-from .base import ScanForward
 from .cuda_runtime import launch, load_kernels, pack_args
-from .diagonal import DiagonalPlan, discretize
+from .diagonal import DiagonalPlan, Operand
+from .diagonal_host import BackwardBuffers, Binding, DiagonalScanHost, ForwardBuffers, operand_strides, real_view
 
 TEMPLATE = "cuda/diagonal.cu.j2"
 STATIC_SMEM_LIMIT = 48 * 1024   # bytes of static __shared__ per block
@@ -270,150 +273,43 @@ def render(program: Program) -> str:
     return render_template(TEMPLATE, **template_context(DiagonalPlan.of(program)))
 
 
-# -- the compiled scan -----------------------------------------------------------------------------
-def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Every buffer a kernel fully overwrites is allocated here (tests fill them with NaN)."""
-    return torch.empty(shape, device=device, dtype=dtype)
-
-
+# -- the compiled scans -----------------------------------------------------------------------------
 def _activation(t: torch.Tensor) -> torch.Tensor:
     """fp32/fp16/bf16 tensors as they are; other float dtypes computed in fp32."""
     return t if t.dtype in CTYPES else t.to(torch.float32)
 
 
-@dataclass
-class _Bound:
-    tensors: dict[str, torch.Tensor | None]
-    batch: int
-    dim: int
-    seqlen: int
-    dstate: int
-    groups: int
-    num_seqs: int
-    device: torch.device
-    out_dtype: torch.dtype
-    cfg: DiagConfig
-    n_ckpt: int
-    n_slots: int
-    cu_seqlens: torch.Tensor | None
-
-
-class CUDADiagScan:
-    """A diagonal-family program compiled to CUDA (implements ``CompiledScan``)."""
+class CUDADiagonalHost(DiagonalScanHost):
+    """What the CUDA scans of the diagonal family share: CUDA tensors, the element types the
+    kernels are compiled for, and the operands as named kernel arguments."""
 
     backend = "cuda"
 
-    def __init__(self, program: Program, schedule: Schedule, source: str) -> None:
-        self.program = program
-        self.schedule = schedule
-        self.source = source
-        self.plan = DiagonalPlan.of(program)
-        self._fwd_params = fwd_params(self.plan)
-        self._bwd_params = bwd_params(self.plan)
+    def _check_device(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise RuntimeError(f"the CUDA backend runs on CUDA tensors, got {self.plan.x} on {device}")
 
-    def __repr__(self) -> str:
-        return f"CUDADiagScan({self.program.name!r}, {self.schedule.to_json()})"
+    def _kernel_tensor(self, op: Operand, t: torch.Tensor) -> torch.Tensor:
+        """Complex: float32 pairs; ``dn``/``d``: float32, contiguous; activations in fp32/fp16/bf16
+        (:func:`_activation`) with a unit stride along time."""
+        if op.complex:
+            t = real_view(t)
+            return t if t.stride(-2) == 2 else t.contiguous()
+        if op.layout in ("dn", "d"):
+            return t.to(torch.float32).contiguous()
+        t = _activation(t)
+        return t.contiguous() if t.stride(-1) != 1 and t.shape[-1] > 1 else t
 
-    def __call__(self, inputs: Mapping[str, torch.Tensor | None], **kwargs: Any):
-        fwd = self.forward(inputs, **kwargs)
-        return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
+    def _kernel_cu_seqlens(self, cu_seqlens: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return cu_seqlens.to(device=device, dtype=torch.int64).contiguous()
 
-    # -- binding --------------------------------------------------------------------------------
-    def _kernel_operands(self, inputs: Mapping[str, torch.Tensor | None]) -> dict[str, torch.Tensor | None]:
-        ops: dict[str, torch.Tensor | None] = {name: inputs.get(name) for name in inputs}
-        if self.plan.decay == "fixed":
-            if inputs.get("A") is None:
-                raise ValueError(f"{self.program.name}: input 'A' is required")
-            with torch.no_grad():
-                ops["A_bar"], ops["B_bar"] = discretize(self.program, inputs["A"], inputs.get("B"),
-                                                        inputs.get("delta"), inputs.get("delta_bias"))
-        return ops
+    def _activation_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return dtype if dtype in CTYPES else torch.float32
 
-    def _bind(self, inputs: Mapping[str, torch.Tensor | None], cu_seqlens: torch.Tensor | None) -> _Bound:
-        plan, name = self.plan, self.program.name
-        if not isinstance(inputs, Mapping):
-            raise TypeError(f"{name}: inputs must be a mapping of name -> tensor, got {type(inputs).__name__}")
-        x = inputs.get(plan.x)
-        if x is None:
-            raise ValueError(f"{name}: input {plan.x!r} is required")
-        if x.dim() != 3:
-            raise ValueError(f"{name}: {plan.x} must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
-        batch, dim, seqlen = x.shape
-        if min(batch, dim, seqlen) < 1:
-            raise ValueError(f"{name}: {plan.x} has an empty axis, shape {tuple(x.shape)}")
-        if x.device.type != "cuda":
-            raise RuntimeError(f"the CUDA backend runs on CUDA tensors, got {plan.x} on {x.device}")
-        ops = self._kernel_operands(inputs)
-        dstate, groups = 1, 1
-        for op in plan.operands:
-            t = ops.get(op.name)
-            if t is None:
-                if not op.optional:
-                    raise ValueError(f"{name}: input {op.name!r} is required")
-                continue
-            if t.device != x.device:
-                raise ValueError(f"{name}: {op.name} is on {t.device}, {plan.x} on {x.device}")
-            want_dims = {"seq": 3, "bc": 4, "dn": 2, "d": 1}[op.layout]
-            if t.dim() != want_dims:
-                raise ValueError(f"{name}: {op.name} must have {want_dims} dims, got shape {tuple(t.shape)}")
-            if op.complex != t.is_complex():
-                raise TypeError(f"{name}: {op.name} must be {'complex' if op.complex else 'real'}, got {t.dtype}")
-            if op.layout == "dn":
-                dstate = t.shape[1]
-            elif op.layout == "bc":
-                groups, dstate = t.shape[1], t.shape[2]
-        if dim % groups:
-            raise ValueError(f"{name}: groups ({groups}) must divide dim ({dim})")
-        tensors: dict[str, torch.Tensor | None] = {}
-        for op in plan.operands:
-            t = ops.get(op.name)
-            if t is not None:
-                want = {"seq": (batch, dim, seqlen), "bc": (batch, groups, dstate, seqlen), "dn": (dim, dstate),
-                        "d": (dim,)}[op.layout]
-                if tuple(t.shape) != want:
-                    raise ValueError(f"{name}: {op.name} must be {want}, got {tuple(t.shape)}")
-                if op.complex:
-                    t = torch.view_as_real(t.to(torch.complex64).resolve_conj())
-                    if t.stride(-2) != 2:
-                        t = t.contiguous()
-                elif op.layout in ("dn", "d"):
-                    t = t.to(torch.float32).contiguous()
-                else:
-                    t = _activation(t)
-                    if t.stride(-1) != 1 and t.shape[-1] > 1:
-                        t = t.contiguous()  # the kernels read the time axis with unit stride
-            tensors[op.name] = t
-        num_seqs = batch
-        if cu_seqlens is not None:
-            if batch != 1:
-                raise ValueError(f"{name}: cu_seqlens needs batch 1, got batch {batch}")
-            if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-                raise ValueError("cu_seqlens must be (num_seqs + 1,) with num_seqs >= 1")
-            num_seqs = cu_seqlens.shape[0] - 1
-            cu_seqlens = cu_seqlens.to(device=x.device, dtype=torch.int64).contiguous()
-        cfg = choose_config(plan, self.schedule, dim, dstate, dim // groups)
-        n_ckpt = cfg.n_ckpt(seqlen)
-        n_slots = num_seqs * n_ckpt if cu_seqlens is None else num_seqs + n_ckpt
-        out_dtype = torch.complex64 if _out_complex(plan) else _activation(x).dtype
-        return _Bound(tensors, batch, dim, seqlen, dstate, groups, num_seqs, x.device, out_dtype, cfg, n_ckpt,
-                      n_slots, cu_seqlens)
+    def _real_grad_out(self, b: Binding, grad_out: torch.Tensor) -> torch.Tensor:
+        return grad_out.to(b.out_dtype)  # the kernels read dout as SCANCC_T_out
 
-    def _state(self, b: _Bound, state: torch.Tensor | None, what: str) -> torch.Tensor | None:
-        if state is None:
-            return None
-        want = (b.num_seqs, b.dim, b.dstate)
-        if tuple(state.shape) != want:
-            raise ValueError(f"{self.program.name}: {what} must be {want} (num_seqs, dim, dstate), "
-                             f"got {tuple(state.shape)}")
-        if self.plan.complex:
-            return torch.view_as_real(state.to(b.device, torch.complex64).resolve_conj().contiguous())
-        return state.to(b.device, torch.float32).contiguous()
-
-    def _state_buffer(self, b: _Bound, rows: int) -> torch.Tensor:
-        shape = (rows, b.dim, b.dstate) + ((2,) if self.plan.complex else ())
-        return _empty(shape, device=b.device, dtype=torch.float32)
-
-    def type_options(self, b: _Bound) -> list[str]:
+    def type_options(self, b: Binding) -> list[str]:
         """``-DSCANCC_T_<name>=<ctype>`` for every real activation of this call and the output."""
         types = {"SCANCC_T_out": CTYPES.get(b.out_dtype, "float")}
         for op in self.plan.operands:
@@ -422,146 +318,63 @@ class CUDADiagScan:
                 types[f"SCANCC_T_{op.name}"] = CTYPES[t.dtype] if t is not None else "float"
         return [f"-D{k}={v}" for k, v in sorted(types.items())]
 
-    def _kernels(self, b: _Bound) -> dict[str, Any]:
-        options = b.cfg.defines() + self.type_options(b)
+    def _load(self, b: Binding, names: list[str], options: list[str]) -> dict[str, Any]:
         index = b.device.index if b.device.index is not None else torch.cuda.current_device()
-        names = [f"{self.program.name}_fwd", f"{self.program.name}_bwd"]
         return load_kernels(self.source, names, options, index)
 
-    def _operand_values(self, b: _Bound) -> dict[str, Any]:
+    def _operand_values(self, b: Binding) -> dict[str, Any]:
+        """The operands, their strides, the sizes and ``cu_seqlens`` by kernel parameter name."""
         values: dict[str, Any] = {}
         for op in self.plan.operands:
             t = b.tensors[op.name]
             values[op.name] = t
-            for axis, stride in zip(_stride_axes(op.layout, t), op.strides):
-                values[stride] = axis
-        values.update(seqlen=b.seqlen, dim=b.dim, chans_per_group=b.dim // b.groups, n_ckpt=b.n_ckpt,
+            values.update(zip(op.strides, operand_strides(op, t)))
+        values.update(seqlen=b.seqlen, dim=b.dim, chans_per_group=b.chans_per_group, n_ckpt=b.n_ckpt,
                       cu_seqlens=b.cu_seqlens)
         return values
 
-    # -- forward --------------------------------------------------------------------------------
-    def forward(
-        self,
-        inputs: Mapping[str, torch.Tensor | None],
-        *,
-        initial_state: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        return_final_state: bool = False,
-        save_for_backward: bool = False,
-    ) -> ScanForward:
-        b = self._bind(inputs, cu_seqlens)
-        h0 = self._state(b, initial_state, "initial_state")
-        out = _empty((b.batch, b.dim, b.seqlen), device=b.device, dtype=b.out_dtype)
-        ht = self._state_buffer(b, b.num_seqs) if return_final_state else None
-        ckpt = self._state_buffer(b, b.n_slots) if save_for_backward else None
+    def _forward_values(self, b: Binding, io: ForwardBuffers) -> dict[str, Any]:
+        """:meth:`_operand_values` and the forward's buffers (``out``, ``h0``, ``ht``, ``ckpt``)."""
         values = self._operand_values(b)
-        values.update(out=torch.view_as_real(out) if out.is_complex() else out, h0=h0, ht=ht, ckpt=ckpt)
+        values.update(out=io.out_arg, h0=io.h0, ht=io.ht, ckpt=io.ckpt)
+        return values
+
+    def _backward_values(self, b: Binding, io: BackwardBuffers) -> dict[str, Any]:
+        """:meth:`_operand_values` and the backward's buffers (``dout`` and its strides, ``dht``,
+        ``d<operand>``, ``dh0``)."""
+        values = self._operand_values(b)
+        values.update(dout=io.dout, stride_dout_b=io.dout.stride(0), stride_dout_d=io.dout.stride(1), dht=io.dht,
+                      dh0=io.dh0)
+        values.update({f"d{name}": g for name, g in io.grads.items()})
+        return values
+
+
+class CUDADiagScan(CUDADiagonalHost):
+    """A diagonal-family program compiled to the sequential CUDA kernels (implements ``CompiledScan``)."""
+
+    def __init__(self, program: Program, schedule: Schedule, source: str) -> None:
+        super().__init__(program, schedule, source)
+        self._fwd_params = fwd_params(self.plan)
+        self._bwd_params = bwd_params(self.plan)
+
+    def _geometry(self, b: Binding) -> tuple[DiagConfig, int]:
+        cfg = choose_config(self.plan, self.schedule, b.dim, b.dstate, b.chans_per_group)
+        return cfg, cfg.ckpt
+
+    def _kernels(self, b: Binding) -> dict[str, Any]:
+        names = [f"{self.program.name}_fwd", f"{self.program.name}_bwd"]
+        return self._load(b, names, b.geometry.defines() + self.type_options(b))
+
+    def _launch_forward(self, b: Binding, io: ForwardBuffers) -> None:
+        cfg: DiagConfig = b.geometry
         kernel = self._kernels(b)[f"{self.program.name}_fwd"]
-        launch(kernel, b.cfg.grid(b.num_seqs, b.dim), (b.cfg.fwd_threads,), pack_args(self._fwd_params, values),
-               b.device)
-        final = None
-        if ht is not None:
-            final = torch.view_as_complex(ht) if self.plan.complex else ht
-        return ScanForward(out=out, final_state=final, saved={} if ckpt is None else {"ckpt": ckpt})
+        launch(kernel, cfg.grid(b.num_seqs, b.dim), (cfg.fwd_threads,),
+               pack_args(self._fwd_params, self._forward_values(b, io)), b.device)
 
-    # -- backward -------------------------------------------------------------------------------
-    def backward(
-        self,
-        fwd: ScanForward,
-        inputs: Mapping[str, torch.Tensor | None],
-        grad_out: torch.Tensor | None,
-        grad_final_state: torch.Tensor | None = None,
-        *,
-        initial_state: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | None]:
-        ckpt = fwd.saved.get("ckpt")
-        if ckpt is None:
-            raise ValueError("backward needs the ScanForward of forward(..., save_for_backward=True)")
-        b = self._bind(inputs, cu_seqlens)
-        if ckpt.shape[0] != b.n_slots or ckpt.shape[1] != b.dim:
-            raise ValueError(f"{self.program.name}: the checkpoints {tuple(ckpt.shape)} do not belong to these inputs")
-        seq_shape = (b.batch, b.dim, b.seqlen)
-        if grad_out is None:
-            grad_out = torch.zeros(seq_shape, device=b.device, dtype=b.out_dtype)
-        if tuple(grad_out.shape) != seq_shape:
-            raise ValueError(f"{self.program.name}: grad_out must be {seq_shape}, got {tuple(grad_out.shape)}")
-        if b.out_dtype.is_complex:
-            dout = torch.view_as_real(grad_out.to(torch.complex64).resolve_conj())
-            if dout.stride(-2) != 2:
-                dout = dout.contiguous()
-        else:
-            dout = grad_out.to(b.out_dtype)
-            if dout.stride(-1) != 1 and b.seqlen > 1:
-                dout = dout.contiguous()
-        dht = self._state(b, grad_final_state, "grad_final_state")
-
-        raw: dict[str, torch.Tensor | None] = {}
-        alloc = torch.zeros if b.cu_seqlens is not None else _empty  # steps outside every sequence
-        for op in self.plan.operands:
-            t = b.tensors[op.name]
-            if t is None:
-                raw[op.name] = None
-                continue
-            trailing = (2,) if op.complex else ()
-            if op.layout == "seq":
-                raw[op.name] = alloc(seq_shape + trailing, device=b.device, dtype=torch.float32 if op.complex else t.dtype)
-            elif op.layout == "bc":
-                raw[op.name] = torch.zeros((b.batch, b.groups, b.dstate, b.seqlen) + trailing, device=b.device,
-                                           dtype=torch.float32)
-            elif op.layout == "dn":
-                raw[op.name] = _empty((b.num_seqs, b.dim, b.dstate) + trailing, device=b.device, dtype=torch.float32)
-            else:
-                raw[op.name] = _empty((b.num_seqs, b.dim) + trailing, device=b.device, dtype=torch.float32)
-        dh0 = self._state_buffer(b, b.num_seqs) if initial_state is not None else None
-
-        values = self._operand_values(b)
-        values.update(dout=dout, stride_dout_b=dout.stride(0), stride_dout_d=dout.stride(1), ckpt=ckpt, dht=dht,
-                      dh0=dh0)
-        values.update({f"d{name}": g for name, g in raw.items()})
+    def _launch_backward(self, b: Binding, ckpt: torch.Tensor, io: BackwardBuffers) -> None:
+        values = self._backward_values(b, io)
+        values.update(ckpt=ckpt)
+        cfg: DiagConfig = b.geometry
         kernel = self._kernels(b)[f"{self.program.name}_bwd"]
-        launch(kernel, b.cfg.grid(b.num_seqs, b.dim, backward=True), (b.cfg.bwd_threads,),
+        launch(kernel, cfg.grid(b.num_seqs, b.dim, backward=True), (cfg.bwd_threads,),
                pack_args(self._bwd_params, values), b.device)
-
-        grads: dict[str, torch.Tensor | None] = {}
-        for op in self.plan.operands:
-            g = raw[op.name]
-            if g is not None and op.layout in ("dn", "d"):
-                g = g.sum(0)
-            if g is not None and op.complex:
-                g = torch.view_as_complex(g.contiguous())
-            grads[op.name] = g
-        if self.plan.decay == "fixed":
-            grads.update(self._lti_grads(inputs, grads.pop("A_bar"), grads.pop("B_bar", None)))
-        result: dict[str, torch.Tensor | None] = {}
-        for spec in self.program.tensors():
-            t = inputs.get(spec.name)
-            g = grads.get(spec.name)
-            result[spec.name] = None if t is None or g is None else g.to(t.dtype).reshape(t.shape)
-        if dh0 is not None and initial_state is not None:
-            g0 = torch.view_as_complex(dh0) if self.plan.complex else dh0
-            result["initial_state"] = g0.to(initial_state.dtype)
-        else:
-            result["initial_state"] = None
-        return result
-
-    def _lti_grads(self, inputs: Mapping[str, torch.Tensor | None], d_abar: torch.Tensor,
-                   d_bbar: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-        """Chain dĀ, dB̄ through the host discretization to A (λ), B, delta, delta_bias."""
-        names = [n for n in ("A", "B", "delta", "delta_bias") if inputs.get(n) is not None]
-        with torch.enable_grad():
-            leaves = {n: inputs[n].detach().requires_grad_(True) for n in names}  # type: ignore[union-attr]
-            abar, bbar = discretize(self.program, leaves["A"], leaves.get("B"), leaves.get("delta"),
-                                    leaves.get("delta_bias"))
-            outs = [abar] + ([bbar] if bbar is not None and d_bbar is not None else [])
-            gouts = [d_abar] + ([d_bbar] if bbar is not None and d_bbar is not None else [])
-            got = torch.autograd.grad(outs, [leaves[n] for n in names], gouts, allow_unused=True)
-        return {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, got)}
-
-
-def _stride_axes(layout: str, t: torch.Tensor | None) -> tuple[int, ...]:
-    """The strides a kernel takes for an operand (zeros for an absent one)."""
-    count = {"seq": 2, "bc": 3, "dn": 1, "d": 0}[layout]
-    if t is None:
-        return (0,) * count
-    return tuple(t.stride()[:count])

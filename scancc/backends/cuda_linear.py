@@ -9,7 +9,8 @@ without a GPU): ``num_warps`` warps, ``block_l`` steps per tile.
 
 The backward reads ``h_(t−1)`` from the forward's output (``y = h``), so the forward saves
 nothing else. Inputs, outputs, states, ``cu_seqlens`` and gradients are those of
-:class:`scancc.backends.cuda_diag.CUDADiagScan`, whose argument checks are reused.
+:class:`scancc.backends.cuda_diag.CUDADiagScan`; both build on
+:class:`scancc.backends.cuda_diag.CUDADiagonalHost`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import torch
 from ..ir import Program, Schedule
 from . import cuda_diag
 from .base import ScanForward
-from .cuda_runtime import launch, load_kernels, pack_args
+from .cuda_diag import _next_pow2
+from .cuda_runtime import launch, pack_args
 from .diagonal import DiagonalPlan
 from .diagonal import unsupported_reason as diagonal_unsupported
+from .diagonal_host import Binding, ForwardBuffers
 
 TEMPLATE = "cuda/linear_chunked.cu.j2"
 DEFAULT_BLOCK_L = 2048   # H100: 256 threads × 8 steps (two float4 / one bf16×8 vector per operand)
 DEFAULT_WARPS = 8
 MAX_ITEMS = 16           # steps one thread keeps in registers (×3 arrays, ×2 when complex)
 MAX_THREADS = 1024
-SEQUENTIAL = Schedule(algorithm="sequential", num_warps=4)  # for the shared argument checks
 
 
 def unsupported_reason(program: Program) -> str | None:
@@ -49,10 +51,6 @@ def unsupported_reason(program: Program) -> str | None:
 
 def default_schedule() -> Schedule:
     return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L, num_warps=DEFAULT_WARPS)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -133,60 +131,31 @@ def render(program: Program) -> str:
 
 
 # -- the compiled scan -----------------------------------------------------------------------
-class CUDALinearScan:
+class CUDALinearScan(cuda_diag.CUDADiagonalHost):
     """A first-order scan compiled to the chunked CUDA kernels (implements ``CompiledScan``)."""
-
-    backend = "cuda"
 
     def __init__(self, program: Program, schedule: Schedule, source: str) -> None:
         reason = unsupported_reason(program)
         if reason is not None:
             raise ValueError(f"{program.name}: {reason}")
-        self.program = program
-        self.schedule = schedule
-        self.source = source
-        self.plan = DiagonalPlan.of(program)
-        self._checks = cuda_diag.CUDADiagScan(program, SEQUENTIAL, "")  # binding and argument checks only
+        super().__init__(program, schedule, source)
         self._fwd_params = fwd_params(self.plan)
         self._bwd_params = bwd_params(self.plan)
 
-    def __repr__(self) -> str:
-        return f"CUDALinearScan({self.program.name!r}, {self.schedule.to_json()})"
+    def _geometry(self, b: Binding) -> tuple[LinearConfig, int]:
+        return choose_config(self.schedule, b.seqlen), 0  # the forward saves no states
 
-    def __call__(self, inputs: Mapping[str, torch.Tensor | None], **kwargs: Any):
-        fwd = self.forward(inputs, **kwargs)
-        return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
-
-    def _kernels(self, b: Any, cfg: LinearConfig) -> dict[str, Any]:
-        options = cfg.defines() + self._checks.type_options(b)
-        index = b.device.index if b.device.index is not None else torch.cuda.current_device()
+    def _kernels(self, b: Binding) -> dict[str, Any]:
         names = [f"{self.program.name}_chunked_fwd", f"{self.program.name}_chunked_bwd"]
-        return load_kernels(self.source, names, options, index)
+        return self._load(b, names, b.geometry.defines() + self.type_options(b))
 
-    def forward(
-        self,
-        inputs: Mapping[str, torch.Tensor | None],
-        *,
-        initial_state: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        return_final_state: bool = False,
-        save_for_backward: bool = False,
-    ) -> ScanForward:
-        """``out: (batch, dim, seqlen)`` (complex64 for a complex decay), final state ``(num_seqs, dim, 1)``.
+    def _launch_forward(self, b: Binding, io: ForwardBuffers) -> None:
+        """``out`` holds every ``h_t`` (complex64 for a complex decay); the final state is ``(num_seqs, dim, 1)``.
         Nothing is saved for the backward beyond ``out`` itself."""
-        b = self._checks._bind(inputs, cu_seqlens)
-        h0 = self._checks._state(b, initial_state, "initial_state")
-        out = cuda_diag._empty((b.batch, b.dim, b.seqlen), device=b.device, dtype=b.out_dtype)
-        ht = self._checks._state_buffer(b, b.num_seqs) if return_final_state else None
-        cfg = choose_config(self.schedule, b.seqlen)
-        values = self._checks._operand_values(b)
-        values.update(out=torch.view_as_real(out) if out.is_complex() else out, h0=h0, ht=ht)
-        kernel = self._kernels(b, cfg)[f"{self.program.name}_chunked_fwd"]
-        launch(kernel, cfg.grid(b.num_seqs, b.dim), (cfg.threads,), pack_args(self._fwd_params, values), b.device)
-        final = None
-        if ht is not None:
-            final = torch.view_as_complex(ht) if self.plan.complex else ht
-        return ScanForward(out=out, final_state=final, saved={})
+        cfg: LinearConfig = b.geometry
+        kernel = self._kernels(b)[f"{self.program.name}_chunked_fwd"]
+        launch(kernel, cfg.grid(b.num_seqs, b.dim), (cfg.threads,),
+               pack_args(self._fwd_params, self._forward_values(b, io)), b.device)
 
     def backward(
         self,
@@ -200,51 +169,17 @@ class CUDALinearScan:
     ) -> dict[str, torch.Tensor | None]:
         """Gradients of ``a``, ``x`` and the initial state; ``fwd`` is this scan's forward of the
         same inputs (its ``out`` holds every ``h_t``)."""
-        name = self.program.name
-        b = self._checks._bind(inputs, cu_seqlens)
-        seq_shape = (b.batch, b.dim, b.seqlen)
+        b = self._bind(inputs, cu_seqlens)
         h = fwd.out
-        if not isinstance(h, torch.Tensor) or tuple(h.shape) != seq_shape or h.dtype != b.out_dtype:
+        if not isinstance(h, torch.Tensor) or h.shape != b.seq_shape or h.dtype != b.out_dtype:
             got = (tuple(h.shape), h.dtype) if isinstance(h, torch.Tensor) else type(h).__name__
-            raise ValueError(f"{name}: backward needs this scan's forward output {seq_shape} {b.out_dtype}, got {got}")
+            raise ValueError(f"{self.program.name}: backward needs this scan's forward output {b.seq_shape} "
+                             f"{b.out_dtype}, got {got}")
         h = torch.view_as_real(h.resolve_conj()).contiguous() if h.is_complex() else h.contiguous()
-        if grad_out is None:
-            grad_out = torch.zeros(seq_shape, device=b.device, dtype=b.out_dtype)
-        if tuple(grad_out.shape) != seq_shape:
-            raise ValueError(f"{name}: grad_out must be {seq_shape}, got {tuple(grad_out.shape)}")
-        if b.out_dtype.is_complex:
-            dout = torch.view_as_real(grad_out.to(torch.complex64).resolve_conj())
-            if dout.stride(-2) != 2:
-                dout = dout.contiguous()
-        else:
-            dout = grad_out.to(b.out_dtype)
-            if dout.stride(-1) != 1 and b.seqlen > 1:
-                dout = dout.contiguous()
-        dht = self._checks._state(b, grad_final_state, "grad_final_state")
-        h0 = self._checks._state(b, initial_state, "initial_state")
-        # steps outside every packed sequence get zero gradients, the rest is overwritten
-        alloc = torch.zeros if b.cu_seqlens is not None else cuda_diag._empty
-        x_t, a_t = b.tensors[self.plan.x], b.tensors["a"]
-        dx = alloc(seq_shape, device=b.device, dtype=x_t.dtype)
-        da = (alloc(seq_shape + (2,), device=b.device, dtype=torch.float32) if self.plan.complex
-              else alloc(seq_shape, device=b.device, dtype=a_t.dtype))
-        dh0 = self._checks._state_buffer(b, b.num_seqs) if initial_state is not None else None
-        cfg = choose_config(self.schedule, b.seqlen)
-        values = self._checks._operand_values(b)
-        values.update(h=h, dout=dout, stride_dout_b=dout.stride(0), stride_dout_d=dout.stride(1), dht=dht, h0=h0,
-                      da=da, dx=dx, dh0=dh0)
-        kernel = self._kernels(b, cfg)[f"{self.program.name}_chunked_bwd"]
+        io = self._backward_buffers(b, grad_out, grad_final_state, initial_state)
+        cfg: LinearConfig = b.geometry
+        values = self._backward_values(b, io)
+        values.update(h=h, h0=self._state(b, initial_state, "initial_state"))
+        kernel = self._kernels(b)[f"{self.program.name}_chunked_bwd"]
         launch(kernel, cfg.grid(b.num_seqs, b.dim), (cfg.threads,), pack_args(self._bwd_params, values), b.device)
-
-        grads = {"a": torch.view_as_complex(da) if self.plan.complex else da, self.plan.x: dx}
-        result: dict[str, torch.Tensor | None] = {}
-        for spec in self.program.tensors():
-            t = inputs.get(spec.name)
-            g = grads.get(spec.name)
-            result[spec.name] = None if t is None or g is None else g.to(t.dtype).reshape(t.shape)
-        if dh0 is not None and initial_state is not None:
-            g0 = torch.view_as_complex(dh0) if self.plan.complex else dh0
-            result["initial_state"] = g0.to(initial_state.dtype)
-        else:
-            result["initial_state"] = None
-        return result
+        return self._gradients(inputs, io, initial_state)

@@ -17,7 +17,6 @@ memory even at one step per lane (very large ``dstate``) run the sequential forw
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +24,11 @@ import torch
 
 from ..ir import Program, Schedule
 from . import cuda_diag
-from .base import ScanForward
-from .cuda_runtime import launch, load_kernels, pack_args
+from .cuda_diag import _next_pow2
+from .cuda_runtime import launch, pack_args
 from .diagonal import DiagonalPlan
 from .diagonal import unsupported_reason as diagonal_unsupported
+from .diagonal_host import BackwardBuffers, Binding, ForwardBuffers
 
 TEMPLATE = "cuda/selective_chunked.cu.j2"
 DEFAULT_BLOCK_L = 512    # H100: 32 lanes × 16 steps
@@ -56,10 +56,6 @@ def unsupported_reason(program: Program) -> str | None:
 
 def default_schedule() -> Schedule:
     return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L, num_warps=DEFAULT_WARPS)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -132,86 +128,50 @@ def render(program: Program) -> str:
 
 
 # -- the compiled scan -----------------------------------------------------------------------
-class CUDASelectiveScan:
+class CUDASelectiveScan(cuda_diag.CUDADiagonalHost):
     """Selective scan: chunked CUDA forward, sequential CUDA backward (implements ``CompiledScan``)."""
-
-    backend = "cuda"
 
     def __init__(self, program: Program, schedule: Schedule, source: str) -> None:
         reason = unsupported_reason(program)
         if reason is not None:
             raise ValueError(f"{program.name}: {reason}")
-        self.program = program
-        self.schedule = schedule
-        self.source = source
-        self.plan = DiagonalPlan.of(program)
+        super().__init__(program, schedule, source)
         self.sequential = cuda_diag.CUDADiagScan(program, SEQUENTIAL, cuda_diag.render(program))
         self._params = cuda_diag.fwd_params(self.plan)
 
-    def __repr__(self) -> str:
-        return f"CUDASelectiveScan({self.program.name!r}, {self.schedule.to_json()})"
-
-    def __call__(self, inputs: Mapping[str, torch.Tensor | None], **kwargs: Any):
-        fwd = self.forward(inputs, **kwargs)
-        return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
+    def _geometry(self, b: Binding) -> tuple[cuda_diag.DiagConfig, int]:
+        """The sequential backward's: the chunked forward saves its checkpoints."""
+        return self.sequential._geometry(b)
 
     @staticmethod
-    def bc_ctype(b: Any) -> str:
+    def bc_ctype(b: Binding) -> str:
         """The staged B/C element: their dtype when they share a 16-bit one, else fp32."""
-        dtypes = {b.tensors["B"].dtype, b.tensors["C"].dtype}
+        dtypes = {b.tensors["B"].dtype, b.tensors["C"].dtype}  # type: ignore[union-attr]
         return cuda_diag.CTYPES[dtypes.pop()] if len(dtypes) == 1 and dtypes <= {torch.bfloat16, torch.float16} \
             else "float"
 
-    def config(self, b: Any) -> SelectiveConfig | None:
+    def config(self, b: Binding) -> SelectiveConfig | None:
         bc_bytes = 4 if self.bc_ctype(b) == "float" else 2
-        return choose_config(self.schedule, b.dim, b.dstate, b.dim // b.groups, b.seqlen, b.cfg.ckpt, bc_bytes)
+        return choose_config(self.schedule, b.dim, b.dstate, b.chans_per_group, b.seqlen, b.geometry.ckpt, bc_bytes)
 
-    def _kernel(self, b: Any, cfg: SelectiveConfig, save: bool) -> Any:
-        options = cfg.defines() + self.sequential.type_options(b) + [f"-DSCANCC_T_BC={self.bc_ctype(b)}"]
-        index = b.device.index if b.device.index is not None else torch.cuda.current_device()
+    def _kernel(self, b: Binding, cfg: SelectiveConfig, save: bool) -> Any:
+        options = cfg.defines() + self.type_options(b) + [f"-DSCANCC_T_BC={self.bc_ctype(b)}"]
         names = [f"{self.program.name}_chunked_fwd", f"{self.program.name}_chunked_fwd_ckpt"]
-        kernel = load_kernels(self.source, names, options, index)[names[int(save)]]
+        kernel = self._load(b, names, options)[names[int(save)]]
         if cfg.smem_bytes > STATIC_SMEM and kernel.max_dynamic_shared_size_bytes < cfg.smem_bytes:
             kernel.max_dynamic_shared_size_bytes = cfg.smem_bytes
         return kernel
 
-    def forward(
-        self,
-        inputs: Mapping[str, torch.Tensor | None],
-        *,
-        initial_state: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-        return_final_state: bool = False,
-        save_for_backward: bool = False,
-    ) -> ScanForward:
-        """``out: (batch, dim, seqlen)`` in u's dtype; final state ``(num_seqs, dim, dstate)`` fp32;
-        with ``save_for_backward`` the sequential backward's checkpoints in ``saved["ckpt"]``."""
-        seq = self.sequential
-        b = seq._bind(inputs, cu_seqlens)
+    def _launch_forward(self, b: Binding, io: ForwardBuffers) -> None:
+        """The chunked forward; sizes whose B/C tile does not fit in shared memory run the
+        sequential one (same binding, buffers and checkpoints)."""
         cfg = self.config(b)
         if cfg is None:
-            return seq.forward(inputs, initial_state=initial_state, cu_seqlens=cu_seqlens,
-                               return_final_state=return_final_state, save_for_backward=save_for_backward)
-        h0 = seq._state(b, initial_state, "initial_state")
-        out = cuda_diag._empty((b.batch, b.dim, b.seqlen), device=b.device, dtype=b.out_dtype)
-        ht = seq._state_buffer(b, b.num_seqs) if return_final_state else None
-        ckpt = seq._state_buffer(b, b.n_slots) if save_for_backward else None
-        values = seq._operand_values(b)
-        values.update(out=out, h0=h0, ht=ht, ckpt=ckpt)
-        launch(self._kernel(b, cfg, ckpt is not None), cfg.grid(b.num_seqs, b.dim), (cfg.threads,), pack_args(self._params, values),
-               b.device, shared_mem=cfg.smem_bytes)
-        return ScanForward(out=out, final_state=ht, saved={} if ckpt is None else {"ckpt": ckpt})
+            self.sequential._launch_forward(b, io)
+            return
+        launch(self._kernel(b, cfg, io.ckpt is not None), cfg.grid(b.num_seqs, b.dim), (cfg.threads,),
+               pack_args(self._params, self._forward_values(b, io)), b.device, shared_mem=cfg.smem_bytes)
 
-    def backward(
-        self,
-        fwd: ScanForward,
-        inputs: Mapping[str, torch.Tensor | None],
-        grad_out: torch.Tensor | None,
-        grad_final_state: torch.Tensor | None = None,
-        *,
-        initial_state: torch.Tensor | None = None,
-        cu_seqlens: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | None]:
+    def _launch_backward(self, b: Binding, ckpt: torch.Tensor, io: BackwardBuffers) -> None:
         """The sequential CUDA backward, from the checkpoints the chunked forward saved."""
-        return self.sequential.backward(fwd, inputs, grad_out, grad_final_state, initial_state=initial_state,
-                                        cu_seqlens=cu_seqlens)
+        self.sequential._launch_backward(b, ckpt, io)

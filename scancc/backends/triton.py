@@ -4,7 +4,9 @@
 ``scancc/templates/triton/diagonal.py.j2`` for a program of the diagonal family (vector
 state, channel layout: linear/HGRN/RG-LRU, LTI/LRU, Mamba-1 selective); ``build`` imports
 the rendered module from a cache file and wraps its kernels in a :class:`TritonScan`,
-which allocates outputs, computes launch sizes and reduces partial gradients.
+which computes launch sizes and launches them; the argument checks, buffers and the
+reduction of partial gradients are shared with the CUDA backend
+(:mod:`scancc.backends.diagonal_host`).
 
 Kernels run compiled on CUDA tensors, or on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before ``triton`` is imported).
@@ -14,13 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import torch
 
 from ..ir import Program, Schedule
-from .base import ScanForward
-from .diagonal import DiagonalPlan, discretize, unsupported_reason
+from .diagonal import DiagonalPlan, Operand, unsupported_reason
+from .diagonal_host import BackwardBuffers, Binding, DiagonalScanHost, ForwardBuffers, operand_strides, real_view
 from .modules import load_source
 from .templating import render
 
@@ -39,11 +41,6 @@ FWD_TILE_ELEMENTS = 512        # forward tiles of programs with a state axis (8 
 BWD_TILE_ELEMENTS = 1024       # backward tiles keep about ten tiles live: smaller
 CHECKPOINT_STEPS = 64          # the forward saves the state at least every this many steps
 MIN_WARPS = 512                # default block_d halves while num_seqs·dim/block_d·num_warps is below this
-
-
-def _empty(shape: tuple[int, ...], *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Every buffer a kernel fully overwrites is allocated here (tests fill them with NaN)."""
-    return torch.empty(shape, device=device, dtype=dtype)
 
 
 def _next_pow2(n: int) -> int:
@@ -201,117 +198,17 @@ def _layout_doc(plan: DiagonalPlan) -> str:
     return "Layout:\n" + "\n".join(lines)
 
 
-@dataclass
-class _Bound:
-    """One call's tensors in kernel form and its sizes."""
-
-    tensors: dict[str, Optional[torch.Tensor]]  # kernel operands (float32 views of complex ones)
-    batch: int
-    dim: int
-    seqlen: int
-    dstate: int
-    groups: int
-    num_seqs: int
-    device: torch.device
-    out_dtype: torch.dtype
-    tiles: "Tiles"
-    n_tiles: int  # backward tiles per sequence (without cu_seqlens)
-    n_slots: int  # checkpoint rows
-    cu_seqlens: Optional[torch.Tensor]
-
-
-class TritonScan:
+class TritonScan(DiagonalScanHost):
     """A diagonal-family program compiled to Triton (implements ``CompiledScan``)."""
 
     backend = "triton"
 
     def __init__(self, program: Program, schedule: Schedule, source: str, module: Any) -> None:
-        self.program = program
-        self.schedule = schedule
-        self.source = source
-        self.plan = DiagonalPlan.of(program)
+        super().__init__(program, schedule, source)
         self._fwd = getattr(module, f"{program.name}_fwd_kernel")
         self._bwd = getattr(module, f"{program.name}_bwd_kernel")
 
-    def __repr__(self) -> str:
-        return f"TritonScan({self.program.name!r}, {self.schedule.to_json()})"
-
-    def __call__(self, inputs: Mapping[str, Optional[torch.Tensor]], **kwargs: Any):
-        """``out``, or ``(out, final_state)`` with ``return_final_state=True``."""
-        fwd = self.forward(inputs, **kwargs)
-        return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
-
-    # -- binding ----------------------------------------------------------------------------
-    def _kernel_operands(self, inputs: Mapping[str, Optional[torch.Tensor]]) -> dict[str, Optional[torch.Tensor]]:
-        """The kernel's operands by name; LTI's Ā, B̄ discretized here."""
-        ops: dict[str, Optional[torch.Tensor]] = {name: inputs.get(name) for name in inputs}
-        if self.plan.decay == "fixed":
-            with torch.no_grad():
-                ops["A_bar"], ops["B_bar"] = discretize(self.program, inputs["A"], inputs.get("B"),
-                                                        inputs.get("delta"), inputs.get("delta_bias"))
-        return ops
-
-    def _bind(self, inputs: Mapping[str, Optional[torch.Tensor]], cu_seqlens: Optional[torch.Tensor]) -> _Bound:
-        plan = self.plan
-        x = inputs.get(plan.x)
-        if x is None:
-            raise ValueError(f"{self.program.name}: input {plan.x!r} is required")
-        if x.dim() != 3:
-            raise ValueError(f"{self.program.name}: {plan.x} must be (batch, dim, seqlen), got shape {tuple(x.shape)}")
-        batch, dim, seqlen = x.shape
-        if seqlen < 1 or dim < 1 or batch < 1:
-            raise ValueError(f"{self.program.name}: {plan.x} has an empty axis, shape {tuple(x.shape)}")
-        ops = self._kernel_operands(inputs)
-        dstate, groups = 1, 1
-        for op in plan.operands:
-            t = ops.get(op.name)
-            if t is None:
-                if not op.optional:
-                    raise ValueError(f"{self.program.name}: input {op.name!r} is required")
-                continue
-            if t.device != x.device:
-                raise ValueError(f"{self.program.name}: {op.name} is on {t.device}, {plan.x} on {x.device}")
-            if op.layout == "dn":
-                dstate = t.shape[1]
-            elif op.layout == "bc":
-                groups, dstate = t.shape[1], t.shape[2]
-        if dim % groups:
-            raise ValueError(f"{self.program.name}: groups ({groups}) must divide dim ({dim})")
-        chans_per_group = dim // groups
-        device = x.device
-        self._check_device(device)
-
-        tensors: dict[str, Optional[torch.Tensor]] = {}
-        for op in plan.operands:
-            t = ops.get(op.name)
-            if t is not None:
-                if op.complex:
-                    t = torch.view_as_real(t.to(torch.complex64))
-                    unit = t.stride(-2) == 2
-                else:
-                    unit = t.stride(-1) == 1 or t.shape[-1] == 1
-                if not unit:
-                    raise ValueError(f"{self.program.name}: {op.name} must be contiguous along its last axis "
-                                     f"(strides {tuple(t.stride())})")
-            tensors[op.name] = t
-
-        num_seqs = batch
-        if cu_seqlens is not None:
-            if batch != 1:
-                raise ValueError(f"{self.program.name}: cu_seqlens needs batch 1, got batch {batch}")
-            if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-                raise ValueError("cu_seqlens must be (num_seqs + 1,) with num_seqs >= 1")
-            num_seqs = cu_seqlens.shape[0] - 1
-            cu_seqlens = cu_seqlens.to(device=device)
-
-        tiles = tile_sizes(self.plan, self.schedule, dim, dstate, chans_per_group, num_seqs)
-        n_tiles = -(-seqlen // tiles.bwd_block_l)
-        # with cu_seqlens, sequence s's k-th backward tile saves to row s + start_s // tile + k
-        n_slots = num_seqs * n_tiles if cu_seqlens is None else num_seqs + n_tiles
-        cplx_out = plan.complex and self.program.readout.kind == "state"
-        return _Bound(tensors, batch, dim, seqlen, dstate, groups, num_seqs, device,
-                      torch.complex64 if cplx_out else x.dtype, tiles, n_tiles, n_slots, cu_seqlens)
-
+    # -- binding (see DiagonalScanHost) ---------------------------------------------------------
     def _check_device(self, device: torch.device) -> None:
         if device.type == "cuda":
             if _is_interpreted(self._fwd):
@@ -323,38 +220,41 @@ class TritonScan:
         raise RuntimeError(f"the Triton backend runs on CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), "
                            f"got tensors on {device}")
 
-    def _state(self, b: _Bound, state: Optional[torch.Tensor], what: str) -> Optional[torch.Tensor]:
-        """A state tensor (num_seqs, dim, dstate) as the kernel reads it."""
-        if state is None:
-            return None
-        want = (b.num_seqs, b.dim, b.dstate)
-        if tuple(state.shape) != want:
-            raise ValueError(f"{self.program.name}: {what} must be {want} (num_seqs, dim, dstate), "
-                             f"got {tuple(state.shape)}")
-        if self.plan.complex:
-            return torch.view_as_real(state.to(torch.complex64).contiguous())
-        return state.contiguous()
+    def _kernel_tensor(self, op: Operand, t: torch.Tensor) -> torch.Tensor:
+        """The operand itself (float32 pairs if complex); its last axis must have unit stride."""
+        if op.complex:
+            t = real_view(t)
+            unit = t.stride(-2) == 2
+        else:
+            unit = t.stride(-1) == 1 or t.shape[-1] == 1
+        if not unit:
+            raise ValueError(f"{self.program.name}: {op.name} must be contiguous along its last axis "
+                             f"(strides {tuple(t.stride())})")
+        return t
 
-    def _state_buffer(self, b: _Bound, rows: int) -> torch.Tensor:
-        shape = (rows, b.dim, b.dstate) + ((2,) if self.plan.complex else ())
-        return _empty(shape, device=b.device, dtype=torch.float32)
+    def _geometry(self, b: Binding) -> tuple[Tiles, int]:
+        tiles = tile_sizes(self.plan, self.schedule, b.dim, b.dstate, b.chans_per_group, b.num_seqs)
+        return tiles, tiles.bwd_block_l
 
-    def _operand_args(self, b: _Bound) -> list[Any]:
+    # -- launching ------------------------------------------------------------------------------
+    def _operand_args(self, b: Binding) -> list[Any]:
         args: list[Any] = []
         for op in self.plan.operands:
             t = b.tensors[op.name]
             args.append(t)
-            nstrides = len(op.strides)
-            args.extend(t.stride()[:nstrides] if t is not None else (0,) * nstrides)
+            args.extend(operand_strides(op, t))
         return args
 
-    def _flags(self, b: _Bound) -> list[bool]:
+    def _flags(self, b: Binding) -> list[bool]:
         return [b.tensors[op.name] is not None for op in self.plan.optional_operands]
 
-    def _launch(self, kernel: Any, b: _Bound, args: list[Any], block_d: int, block_l: int, ckpt_every: int,
+    def _sizes(self, b: Binding) -> list[int]:
+        return [b.seqlen, b.dim, b.chans_per_group, b.n_ckpt, b.dstate]
+
+    def _launch(self, kernel: Any, b: Binding, args: list[Any], block_d: int, block_l: int, ckpt_every: int,
                 num_warps: int) -> None:
         grid = (b.num_seqs * (b.dim // block_d),)
-        meta = dict(BLOCK_D=block_d, BLOCK_N=b.tiles.block_n, BLOCK_L=block_l, CKPT_EVERY=ckpt_every,
+        meta = dict(BLOCK_D=block_d, BLOCK_N=b.geometry.block_n, BLOCK_L=block_l, CKPT_EVERY=ckpt_every,
                     num_warps=num_warps, num_stages=self.schedule.num_stages)
         if b.device.type == "cuda":
             with torch.cuda.device(b.device):
@@ -362,125 +262,24 @@ class TritonScan:
         else:
             kernel[grid](*args, **meta)
 
-    # -- forward -----------------------------------------------------------------------------
-    def forward(
-        self,
-        inputs: Mapping[str, Optional[torch.Tensor]],
-        *,
-        initial_state: Optional[torch.Tensor] = None,
-        cu_seqlens: Optional[torch.Tensor] = None,
-        return_final_state: bool = False,
-        save_for_backward: bool = False,
-    ) -> ScanForward:
-        b = self._bind(inputs, cu_seqlens)
-        h0 = self._state(b, initial_state, "initial_state")
-        out = _empty((b.batch, b.dim, b.seqlen), device=b.device, dtype=b.out_dtype)
-        ht = self._state_buffer(b, b.num_seqs) if return_final_state else None
-        ckpt = self._state_buffer(b, b.n_slots) if save_for_backward else None
+    def _launch_forward(self, b: Binding, io: ForwardBuffers) -> None:
         args = self._operand_args(b)
-        args += [torch.view_as_real(out) if out.is_complex() else out, h0, ht, ckpt, b.cu_seqlens,
-                 b.seqlen, b.dim, b.dim // b.groups, b.n_tiles, b.dstate]
+        args += [io.out_arg, io.h0, io.ht, io.ckpt, b.cu_seqlens] + self._sizes(b)
         args += self._flags(b)
-        args += [h0 is not None, ht is not None, ckpt is not None, b.cu_seqlens is not None]
-        t = b.tiles
+        args += [io.h0 is not None, io.ht is not None, io.ckpt is not None, b.cu_seqlens is not None]
+        t: Tiles = b.geometry
         self._launch(self._fwd, b, args, t.block_d, t.block_l, t.ckpt_every, self.schedule.num_warps)
-        final = None
-        if ht is not None:
-            final = torch.view_as_complex(ht) if self.plan.complex else ht
-        return ScanForward(out=out, final_state=final, saved={} if ckpt is None else {"ckpt": ckpt})
 
-    # -- backward ----------------------------------------------------------------------------
-    def backward(
-        self,
-        fwd: ScanForward,
-        inputs: Mapping[str, Optional[torch.Tensor]],
-        grad_out: Optional[torch.Tensor],
-        grad_final_state: Optional[torch.Tensor] = None,
-        *,
-        initial_state: Optional[torch.Tensor] = None,
-        cu_seqlens: Optional[torch.Tensor] = None,
-    ) -> dict[str, Optional[torch.Tensor]]:
-        ckpt = fwd.saved.get("ckpt")
-        if ckpt is None:
-            raise ValueError("backward needs the ScanForward of forward(..., save_for_backward=True)")
-        b = self._bind(inputs, cu_seqlens)
-        if ckpt.shape[0] != b.n_slots or ckpt.shape[1] != b.dim:
-            raise ValueError(f"{self.program.name}: the checkpoints {tuple(ckpt.shape)} do not belong to these inputs")
-        seq_shape = (b.batch, b.dim, b.seqlen)
-        if grad_out is None:
-            grad_out = torch.zeros(seq_shape, device=b.device, dtype=b.out_dtype)
-        if tuple(grad_out.shape) != seq_shape:
-            raise ValueError(f"{self.program.name}: grad_out must be {seq_shape}, got {tuple(grad_out.shape)}")
-        dout = torch.view_as_real(grad_out.to(torch.complex64)) if b.out_dtype.is_complex else grad_out
-        if dout.stride(-1 if not b.out_dtype.is_complex else -2) != (2 if b.out_dtype.is_complex else 1):
-            dout = dout.contiguous()
-        dht = self._state(b, grad_final_state, "grad_final_state")
-
-        grads: dict[str, Optional[torch.Tensor]] = {}
-        raw: dict[str, Optional[torch.Tensor]] = {}
-        # with cu_seqlens, steps outside every sequence get no gradient from the kernel
-        alloc = torch.zeros if b.cu_seqlens is not None else _empty
-        for op in self.plan.operands:
-            t = b.tensors[op.name]
-            if t is None:
-                raw[op.name] = None
-                continue
-            trailing = (2,) if op.complex else ()
-            if op.layout == "seq":
-                dtype = torch.float32 if op.complex else t.dtype
-                raw[op.name] = alloc(seq_shape + trailing, device=b.device, dtype=dtype)
-            elif op.layout == "bc":
-                raw[op.name] = torch.zeros(tuple(t.shape[:-1 - len(trailing)]) + (b.seqlen,) + trailing,
-                                           device=b.device, dtype=torch.float32)
-            elif op.layout == "dn":
-                raw[op.name] = _empty((b.num_seqs, b.dim, b.dstate) + trailing, device=b.device, dtype=torch.float32)
-            else:
-                raw[op.name] = _empty((b.num_seqs, b.dim) + trailing, device=b.device, dtype=torch.float32)
-        dh0 = self._state_buffer(b, b.num_seqs) if initial_state is not None else None
-
+    def _launch_backward(self, b: Binding, ckpt: torch.Tensor, io: BackwardBuffers) -> None:
         args = self._operand_args(b)
-        args += [dout, dout.stride(0), dout.stride(1), ckpt, dht, b.cu_seqlens]
-        args += [raw[op.name] for op in self.plan.operands] + [dh0]
-        args += [b.seqlen, b.dim, b.dim // b.groups, b.n_tiles, b.dstate]
+        args += [io.dout, io.dout.stride(0), io.dout.stride(1), ckpt, io.dht, b.cu_seqlens]
+        args += [io.grads[op.name] for op in self.plan.operands] + [io.dh0]
+        args += self._sizes(b)
         args += self._flags(b)
-        t = b.tiles
-        atomic = self.plan.grouped and (b.dim // b.groups) > t.bwd_block_d
-        args += [dht is not None, dh0 is not None, b.cu_seqlens is not None, atomic]
+        t: Tiles = b.geometry
+        atomic = self.plan.grouped and b.chans_per_group > t.bwd_block_d
+        args += [io.dht is not None, io.dh0 is not None, b.cu_seqlens is not None, atomic]
         self._launch(self._bwd, b, args, t.bwd_block_d, t.bwd_block_l, 1, t.bwd_num_warps)
-
-        for op in self.plan.operands:
-            g = raw[op.name]
-            if g is not None and op.layout in ("dn", "d"):
-                g = g.sum(0)
-            if g is not None and op.complex:
-                g = torch.view_as_complex(g.contiguous())
-            grads[op.name] = g
-        if self.plan.decay == "fixed":
-            grads.update(self._lti_grads(inputs, grads.pop("A_bar"), grads.pop("B_bar", None)))
-        result: dict[str, Optional[torch.Tensor]] = {}
-        for spec in self.program.tensors():
-            t = inputs.get(spec.name)
-            g = grads.get(spec.name)
-            result[spec.name] = None if t is None or g is None else g.to(t.dtype).reshape(t.shape)
-        if dh0 is not None and initial_state is not None:
-            g0 = torch.view_as_complex(dh0) if self.plan.complex else dh0
-            result["initial_state"] = g0.to(initial_state.dtype)
-        else:
-            result["initial_state"] = None
-        return result
-
-    def _lti_grads(self, inputs: Mapping[str, Optional[torch.Tensor]], d_abar: torch.Tensor,
-                   d_bbar: Optional[torch.Tensor]) -> dict[str, Optional[torch.Tensor]]:
-        """Chain dĀ, dB̄ through the host discretization to A (λ), B, delta, delta_bias."""
-        names = [n for n in ("A", "B", "delta", "delta_bias") if inputs.get(n) is not None]
-        with torch.enable_grad():
-            leaves = {n: inputs[n].detach().requires_grad_(True) for n in names}  # type: ignore[union-attr]
-            abar, bbar = discretize(self.program, leaves["A"], leaves.get("B"), leaves.get("delta"),
-                                    leaves.get("delta_bias"))
-            outs = [abar] + ([bbar] if bbar is not None and d_bbar is not None else [])
-            grads_out = [d_abar] + ([d_bbar] if bbar is not None and d_bbar is not None else [])
-            got = torch.autograd.grad(outs, [leaves[n] for n in names], grads_out, allow_unused=True)
-        return {n: (g if g is not None else torch.zeros_like(leaves[n])) for n, g in zip(names, got)}
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "triton"))
 
 from triton_helpers import poison_empty  # noqa: E402
 
-from scancc.backends import cuda_diag  # noqa: E402
+from scancc.backends import diagonal_host  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
-    monkeypatch.setattr(cuda_diag, "_empty", poison_empty)
+    monkeypatch.setattr(diagonal_host, "_empty", poison_empty)
     monkeypatch.setenv("SCANCC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "scancc-cache"))

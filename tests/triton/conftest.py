@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from triton_helpers import poison_empty
 
-from scancc.backends import triton as triton_backend
+from scancc.backends import diagonal_host
 
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(triton_backend, "_empty", poison_empty)
+    monkeypatch.setattr(diagonal_host, "_empty", poison_empty)
