@@ -31,7 +31,6 @@ import functools
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -39,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
+from ..atomic_io import write_atomic
 from ..ir import Schedule
 from .problem import Problem
 
@@ -223,23 +223,6 @@ def dumps(records: Iterable[Record]) -> str:
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``<path>.lock`` (no-op without ``fcntl``)."""
@@ -272,7 +255,7 @@ def merge_into(path: Path, records: Iterable[Record]) -> None:
                 os.replace(path, backup)
         merged = {r.key.id: r for r in existing}
         merged.update((r.key.id, r) for r in new)
-        write_atomic(path, dumps(merged.values()))
+        write_atomic(path, dumps(merged.values()), fsync=True)
 
 
 # -- the cache directory ------------------------------------------------------------------
@@ -349,7 +332,7 @@ class ScheduleCache:
     def export(self, dest: os.PathLike[str] | str) -> int:
         """Write every record into one file of the same format; returns the record count."""
         records = self.records()
-        write_atomic(Path(dest), dumps(records))
+        write_atomic(Path(dest), dumps(records), fsync=True)
         return len(records)
 
     def import_file(self, src: os.PathLike[str] | str) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic_io import write_atomic
 from .modules import cache_dir
 
 INSTALL_HINT = "pip install 'scancc[cuda]' (CuPy for CUDA 12/13, e.g. cupy-cuda12x or cupy-cuda13x)"
@@ -71,18 +72,6 @@ def cache_key(source: str, options: Sequence[str], arch: str, nvrtc_version: str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class CubinCache:
     """Cubins on disk by :func:`cache_key`: ``<key>.cubin`` + ``<key>.json``."""
 
@@ -112,8 +101,8 @@ class CubinCache:
         record = {"format": CACHE_FORMAT, "sha256": hashlib.sha256(data).hexdigest(), **info}
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(cubin, data)
-            _write_atomic(meta, json.dumps(record, sort_keys=True, indent=1).encode())
+            write_atomic(cubin, data)
+            write_atomic(meta, json.dumps(record, sort_keys=True, indent=1).encode())
         except OSError as exc:
             warnings.warn(f"scancc: cannot write the CUDA kernel cache at {self.root}: {exc}", stacklevel=3)
             return None

@@ -16,6 +16,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+from ..atomic_io import write_atomic
+
 CACHE_ENV = "SCANCC_CACHE_DIR"
 
 _lock = threading.Lock()
@@ -41,18 +43,6 @@ def cache_dir(backend: str) -> Path:
     raise RuntimeError(f"no writable cache directory for generated {backend} kernels; set ${CACHE_ENV}")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def load_source(source: str, backend: str, stem: str) -> ModuleType:
     """Import ``source`` as a module (one per distinct source per process).
 
@@ -66,7 +56,7 @@ def load_source(source: str, backend: str, stem: str) -> ModuleType:
             return module
         path = cache_dir(backend) / f"{stem}_{digest}.py"
         if not path.exists() or path.read_text(encoding="utf-8") != source:
-            _write_atomic(path, source)
+            write_atomic(path, source)
         spec = importlib.util.spec_from_file_location(module_name, path)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import generated kernels from {path}")

@@ -9,6 +9,7 @@ Loading a cached library needs only TVM's runtime, not its compiler.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -162,12 +163,18 @@ def _store(executable: Any, path: Path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-        os.close(fd)
-        executable.export_library(tmp)
+    except OSError:
+        return None
+    os.close(fd)
+    try:
+        executable.export_library(tmp)  # TVM writes the library itself: renamed once complete
         os.replace(tmp, path)
         return tvm.runtime.load_module(str(path))
     except OSError:
         return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def clear_memory_cache() -> None:
