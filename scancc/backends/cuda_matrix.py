@@ -23,6 +23,7 @@ from ..ir import Program, Schedule
 from .base import ScanForward
 from .cuda_diag import CTYPES, _cfloat, _comment
 from .cuda_runtime import launch, load_kernels, pack_args
+from .matrix_states import MAMBA3_KEYS, state_entries
 
 TEMPLATE = "cuda/matrix.cu.j2"
 ENTRIES_PER_THREAD = 8
@@ -291,26 +292,9 @@ class CUDAMatrixScan:
     def _states_in(state: Any, m3: bool, nseq: int, heads: int, headdim: int, dstate: int, R: int, pairs: int,
                    dev: torch.device) -> dict[str, torch.Tensor | None]:
         """Initial states as float32 contiguous tensors (absent entries: ``None`` = zero)."""
-        out: dict[str, torch.Tensor | None] = {"ssm": None, "angle": None, "k": None, "x": None}
-        if state is None:
-            return out
-        if isinstance(state, torch.Tensor):
-            state = {"ssm": state}
-        if not isinstance(state, Mapping):
-            raise TypeError(f"initial_state must be a tensor{' or a dict' if m3 else ''}, got {type(state).__name__}")
-        allowed = {"ssm", "angle", "k", "x"} if m3 else {"ssm"}
-        if set(state) - allowed:
-            raise ValueError(f"initial_state keys must be among {sorted(allowed)}, got {sorted(state)}")
-        shapes = {"ssm": (nseq, heads, headdim, dstate), "angle": (nseq, heads, pairs), "x": (nseq, heads, headdim),
-                  "k": (nseq, R, heads, dstate) if R > 1 else (nseq, heads, dstate)}
-        for key, value in state.items():
-            if value is None:
-                continue
-            _check(f"initial_state[{key!r}]", value, shapes[key])
-            value = value.to(dev, torch.float32)
-            if key == "k" and R == 1:
-                value = value[:, None]
-            out[key] = value.contiguous()
+        out: dict[str, torch.Tensor | None] = dict.fromkeys(MAMBA3_KEYS)
+        for key, value in state_entries(state, m3, nseq, heads, headdim, dstate, R, pairs).items():
+            out[key] = value.to(dev, torch.float32).contiguous()
         return out
 
     def backward(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor | None]:

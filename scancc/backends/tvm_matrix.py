@@ -15,6 +15,7 @@ import torch
 from ..ir import Program
 from .base import ScanForward
 from .tvm_diag import _check_shape, _f32, _need
+from .matrix_states import state_entries
 from .tvm_runtime import empty
 from .tvm_plan import MatrixPlan
 
@@ -145,26 +146,10 @@ def _states_in(state: Any, m3: bool, nseq: int, heads: int, headdim: int, dstate
     if m3:
         out.update(angle=torch.zeros(nseq, heads, max(pairs, 1)), k=torch.zeros(nseq, R, heads, dstate),
                    x=torch.zeros(nseq, heads, headdim))
-    if state is None:
-        return out
-    if isinstance(state, torch.Tensor):
-        state = {"ssm": state}
-    if not isinstance(state, Mapping):
-        raise TypeError(f"initial_state must be a tensor{' or a dict' if m3 else ''}, got {type(state).__name__}")
-    allowed = {"ssm", "angle", "k", "x"} if m3 else {"ssm"}
-    if set(state) - allowed:
-        raise ValueError(f"initial_state keys must be among {sorted(allowed)}, got {sorted(state)}")
-    shapes = {"ssm": (nseq, heads, headdim, dstate), "angle": (nseq, heads, pairs), "x": (nseq, heads, headdim),
-              "k": (nseq, R, heads, dstate) if R > 1 else (nseq, heads, dstate)}
-    for key, value in state.items():
-        if value is None:
-            continue
-        _check_shape(f"initial_state[{key!r}]", value, shapes[key])
+    for key, value in state_entries(state, m3, nseq, heads, headdim, dstate, R, pairs).items():
         value = _f32(value)
         if key == "angle":
             out["angle"][..., :pairs] = value
-        elif key == "k" and R == 1:
-            out["k"][:, 0] = value
         else:
             out[key] = value
     return out
