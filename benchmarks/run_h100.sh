@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Run the scancc benchmarks on a CUDA GPU (written for an H100) with the peers from .anchors/.
 #
-#   usage: benchmarks/run_h100.sh [linear|selective|ssd|mamba3|autotune|all]     (default: all)
+#   usage: benchmarks/run_h100.sh [tests|linear|selective|ssd|mamba3|autotune|all]     (default: all)
 #
 # One benchmark takes a few minutes (ssd the longest: mamba-ssm autotunes in every
 # isolated case); run them one per call where a command's time is limited. autotune stays
 # under 8 minutes (its --deadline) and also writes $out/autotune_defaults.json, the tuned
 # records that become scancc/autotune/defaults/h100.json.
 #
+# tests runs the GPU test suite (pytest -m gpu, $out/gpu_tests.log); carry .tvm-bundle/ (built by
+# benchmarks/tvm_gpu_bundle.sh) to include the TVM ahead-of-time route. It is not part of all.
 # Results go to $OUT (default ./bench-results): <bench>.jsonl, <bench>.md and <bench>.log.
 # Where the checkout travels without .git, pass the commit: SCANCC_COMMIT=$(git rev-parse --short HEAD).
 # BENCH_TIMEOUT (default 300) bounds each isolated case, WARP_BUILD_TIMEOUT (default 300) the
@@ -36,13 +38,17 @@ prebuild_warp() {  # torch builds accelerated-scan's CUDA kernel on first import
   timeout "${WARP_BUILD_TIMEOUT:-300}" $py -c "import accelerated_scan.warp" >"$out/warp_build.log" 2>&1 \
     || echo "accelerated_scan.warp did not build (see $out/warp_build.log): its rows will say so" >&2
 }
+gpu_tests() {
+  $py -m pytest -m gpu -q -rfE -n "${TEST_WORKERS:-8}" -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.log" || status=1
+}
 case "$which" in
+  tests) gpu_tests ;;
   linear) prebuild_warp; run linear_scan ;;
   selective) run selective_scan ;;
   ssd) run ssd ;;
   mamba3) run mamba3 ;;
   autotune) run autotune ;;
   all) prebuild_warp; run linear_scan; run selective_scan; run ssd; run mamba3 ;;
-  *) echo "usage: $0 [linear|selective|ssd|mamba3|autotune|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [tests|linear|selective|ssd|mamba3|autotune|all]" >&2; exit 2 ;;
 esac
 exit $status
