@@ -1,6 +1,6 @@
-"""Instruction mix per state element of a diagonal-family Triton forward kernel, without a GPU.
+"""Instruction mix per state element of a diagonal-family Triton kernel, without a GPU.
 
-Compiles the generated forward kernel of a preset (default: the Mamba-1 selective scan, bf16
+Compiles the generated forward (or, ``--kernel bwd``, backward) kernel of a preset (default: the Mamba-1 selective scan, bf16
 activations, every flag on) for sm_90 with Triton's own compiler, disassembles the cubin with
 the ``cuobjdump`` Triton ships, and divides each opcode's count by the state elements one
 thread updates per tile (``BLOCK_D·BLOCK_N·BLOCK_L / threads``). The tile loop body is fully
@@ -11,6 +11,7 @@ layout change across lanes) in the inner loop costs issue slots of the same shar
 
     python benchmarks/sass_mix.py                                 # the selective scan's default tiles
     python benchmarks/sass_mix.py --block-d 32 --block-l 16 --num-warps 2
+    python benchmarks/sass_mix.py --kernel bwd --block-d 8 --block-l 64 --num-warps 1   # the backward's tiles
 
 Static counts are a proxy, not a timing: latency, occupancy and memory are not in them.
 """
@@ -27,12 +28,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HALF_ACTIVATIONS = {"u", "x", "a", "delta", "B", "C", "z", "out"}
-PER_CHANNEL = {"A", "A_bar", "B_bar", "D", "delta_bias", "h0", "ht", "ckpt"}
+KEY_OPCODES = ("MUFU", "SHFL", "LDG", "STG", "LDL", "STL")  # always listed when present
+HALF_ACTIVATIONS = {"u", "x", "a", "delta", "B", "C", "z", "out", "dout", "du", "dx", "da", "ddelta", "dz"}
+PER_CHANNEL = {"A", "A_bar", "B_bar", "D", "delta_bias", "h0", "ht", "ckpt", "dht", "dh0", "dA", "dA_bar", "dB",
+               "dB_bar", "dC", "dD", "ddelta_bias"}
 
 
-def compile_cubin(preset: str, block_d: int, block_l: int, dstate: int, num_warps: int) -> bytes:
-    """The forward kernel of ``preset``, compiled for sm_90 at these tiles (no GPU needed)."""
+def compile_cubin(preset: str, kernel: str, block_d: int, block_l: int, dstate: int, num_warps: int) -> bytes:
+    """The ``kernel`` (``"fwd"`` or ``"bwd"``) of ``preset``, compiled for sm_90 at these tiles (no GPU needed)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -45,9 +48,11 @@ def compile_cubin(preset: str, block_d: int, block_l: int, dstate: int, num_warp
     program = getattr(ir, preset)()
     backend = TritonBackend()
     source = backend.lower(program, backend.default_schedule(program))
-    fn = getattr(load_source(source, "triton", program.name), f"{program.name}_fwd_kernel")
+    fn = getattr(load_source(source, "triton", program.name), f"{program.name}_{kernel}_kernel")
     constexprs = {"dstate": dstate, "BLOCK_D": block_d, "BLOCK_N": dstate, "BLOCK_L": block_l, "CKPT_EVERY": 1,
-                  "HAS_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "VARLEN": False}
+                  "HAS_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "VARLEN": False, "HAS_DHT": False,
+                  "STORE_DH0": False, "ATOMIC_BC": False}
+    constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
     constexprs.update({n: True for n in fn.arg_names if n.startswith("HAS_") and n not in constexprs})
     signature = {}
     for name in fn.arg_names:
@@ -61,9 +66,9 @@ def compile_cubin(preset: str, block_d: int, block_l: int, dstate: int, num_warp
             signature[name] = "*i32"
         else:
             signature[name] = "i32"
-    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
-                            target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
-    return kernel.asm["cubin"]
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+    return compiled.asm["cubin"]
 
 
 def opcode_counts(cubin: bytes) -> collections.Counter:
@@ -82,20 +87,23 @@ def opcode_counts(cubin: bytes) -> collections.Counter:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="selective")
+    p.add_argument("--kernel", choices=("fwd", "bwd"), default="fwd")
     p.add_argument("--block-d", type=int, default=32)
     p.add_argument("--block-l", type=int, default=16)
     p.add_argument("--dstate", type=int, default=16)
     p.add_argument("--num-warps", type=int, default=4)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    counts = opcode_counts(compile_cubin(args.preset, args.block_d, args.block_l, args.dstate, args.num_warps))
+    counts = opcode_counts(compile_cubin(args.preset, args.kernel, args.block_d, args.block_l, args.dstate, args.num_warps))
     elements = args.block_d * args.dstate * args.block_l / (32 * args.num_warps)
     total = sum(counts.values())
-    print(f"{args.preset} forward, sm_90, BLOCK_D {args.block_d} BLOCK_N {args.dstate} BLOCK_L {args.block_l}, "
+    print(f"{args.preset} {args.kernel}, sm_90, BLOCK_D {args.block_d} BLOCK_N {args.dstate} BLOCK_L {args.block_l}, "
           f"{args.num_warps} warps: {elements:g} state elements per thread per tile")
     print(f"  all instructions  {total:6d}  {total / elements:6.2f} per element")
-    for op, n in counts.most_common(12):
-        print(f"  {op:<17} {n:6d}  {n / elements:6.2f} per element")
+    shown = [op for op, _ in counts.most_common(12)]
+    shown += [op for op in KEY_OPCODES if op in counts and op not in shown]
+    for op in shown:
+        print(f"  {op:<17} {counts[op]:6d}  {counts[op] / elements:6.2f} per element")
     return 0
 
 
