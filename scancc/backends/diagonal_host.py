@@ -13,6 +13,7 @@ checkpoints ``(rows, dim, dstate)`` float32, with a trailing re/im axis of 2 for
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -195,7 +196,7 @@ class BackwardBuffers:
     dh0: Optional[torch.Tensor]                  # the initial state's gradient, when one was given
 
 
-class DiagonalScanHost:
+class DiagonalScanHost(abc.ABC):
     """The host side of a compiled diagonal scan (implements ``CompiledScan``).
 
     A backend subclasses it, sets ``backend``, implements :meth:`_kernel_tensor`,
@@ -221,17 +222,18 @@ class DiagonalScanHost:
         return (fwd.out, fwd.final_state) if kwargs.get("return_final_state") else fwd.out
 
     # -- hooks --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def _kernel_tensor(self, op: Operand, t: torch.Tensor) -> torch.Tensor:
         """A checked operand as the kernel reads it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _launch_forward(self, b: Binding, io: ForwardBuffers) -> None:
         """Run the forward kernel: read the operands and ``io.h0``, write ``io.out``, ``io.ht``, ``io.ckpt``."""
-        raise NotImplementedError
 
     def _launch_backward(self, b: Binding, ckpt: torch.Tensor, io: BackwardBuffers) -> None:
-        """Run the backward kernel: write ``io.grads`` and ``io.dh0``."""
-        raise NotImplementedError
+        """Run the backward kernel: write ``io.grads`` and ``io.dh0`` (a scan that overrides
+        :meth:`backward` itself need not)."""
+        raise NotImplementedError(f"{type(self).__name__} has no backward kernel launch of the shared form")
 
     def _check_device(self, device: torch.device) -> None:
         """Raise if this backend's kernels cannot run on ``device``."""
