@@ -97,7 +97,9 @@ def selective_state_update(
     ``state_batch_indices (batch,)`` int32/int64: batch row ``b`` updates
     ``state[state_batch_indices[b]]`` (``state`` may then have any number of rows); a
     negative index marks a padding row, whose output is zero and which touches no state.
-    Indices are not range-checked (that would need a host sync).
+    Index values are not range-checked (that would need a host sync): an index
+    ``>= state.shape[0]`` is treated as a padding row too (output zero, no state read or
+    written), never as an access outside ``state``.
 
     Returns ``out``, shaped like ``x`` in x's dtype.
     """
@@ -148,6 +150,9 @@ def selective_state_update(
     if state_batch_indices is not None:
         state_batch_indices = ck.check_arg("state_batch_indices", state_batch_indices, [("batch", batch)], "x", x,
                                            ck.INDEX_DTYPES)
+        # The kernel reads the indices densely and cannot see the number of state rows: out-of-range
+        # rows become padding (-1) on the device, without a host sync (the result is contiguous).
+        state_batch_indices = torch.where(state_batch_indices < state.shape[0], state_batch_indices, -1)
 
     if mamba1:
         # Mamba-1 with g groups is Mamba-2 with g heads of dim / g channels (views, no copies).

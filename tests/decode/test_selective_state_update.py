@@ -305,3 +305,39 @@ def test_strided_state_is_updated_in_place() -> None:
     check(case)
     assert case.state.data_ptr() == cache.data_ptr()
     assert torch.equal(cache[1::2], spare)
+
+
+def _indexed_mamba2(rows: int = 3) -> dict:
+    g = torch.Generator().manual_seed(7)
+    return dict(state=torch.randn(rows, 2, 4, 4, generator=g), x=torch.randn(2, 2, 4, generator=g),
+                dt=torch.rand(2, 2, 4, generator=g), A=-torch.rand(2, 4, 4, generator=g),
+                B=torch.randn(2, 1, 4, generator=g), C=torch.randn(2, 1, 4, generator=g))
+
+
+@pytest.mark.parametrize("bad", [3, 4, 10**6])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("mamba1", [False, True])
+def test_out_of_range_state_batch_indices_are_padding(bad: int, dtype: torch.dtype, mamba1: bool) -> None:
+    """An index >= state.shape[0] reads and writes no state (as a negative one), never outside it."""
+    args = _indexed_mamba2()
+    if mamba1:
+        args = dict(state=args["state"][:, 0], x=args["x"][:, 0], dt=args["dt"][:, 0], A=args["A"][0],
+                    B=args["B"][:, 0], C=args["C"][:, 0])
+    state = args.pop("state")
+    want_state, got_state = state.clone(), state.clone()
+    want = selective_state_update(want_state, **args, state_batch_indices=torch.tensor([-1, 0], dtype=dtype))
+    got = selective_state_update(got_state, **args, state_batch_indices=torch.tensor([bad, 0], dtype=dtype))
+    assert torch.equal(got, want) and not got[0].any()
+    assert torch.equal(got_state, want_state)
+
+
+def test_strided_state_batch_indices() -> None:
+    """A non-contiguous index tensor is read by its values, not by its storage."""
+    args = _indexed_mamba2()
+    state = args.pop("state")
+    want_state, got_state = state.clone(), state.clone()
+    want = selective_state_update(want_state, **args, state_batch_indices=torch.tensor([2, 0], dtype=torch.int32))
+    strided = torch.tensor([2, 9, 0, 9], dtype=torch.int32)[::2]
+    got = selective_state_update(got_state, **args, state_batch_indices=strided)
+    assert torch.equal(got, want)
+    assert torch.equal(got_state, want_state)
