@@ -28,8 +28,11 @@ Conventions shared by all ops:
 - ``cu_seqlens`` values are checked on the host in eager mode (the only host sync); the
   check is skipped while ``torch.compile`` traces or a CUDA graph is captured, so compiled
   graphs never synchronise.
-  Other data-dependent conditions (a positive LTI step, finite inputs) are not checked:
-  NaN and inf propagate to the outputs.
+  Other data-dependent conditions (a positive LTI step, finite inputs, in-range
+  ``state_batch_indices``) are not checked: NaN and inf propagate to the outputs, except
+  through a decay exponent on the TVM backend, whose vectorised ``exp`` clamps its argument
+  to [-87, 88] (a NaN in ``A`` or ``delta`` of :func:`selective_scan_fn` can come out finite there).
+- Every size of the main input (batch, channels, heads, state) must be at least 1.
 - Double backward is not supported.
 """
 

@@ -96,14 +96,25 @@ def check_seqlen(name: str, seqlen: int) -> None:
         raise ValueError(f"{name}: expected seqlen >= 1, got seqlen=0")
 
 
+def check_nonempty(name: str, t: torch.Tensor, labels: Sequence[str]) -> None:
+    """Every axis of ``t`` (named ``labels``) has size >= 1: the kernels' launch sizes must be
+    positive, and the other arguments' sizes are checked against this tensor's."""
+    empty = [label for label, size in zip(labels, t.shape) if size == 0]
+    if empty:
+        dims = [(label, None) for label in labels]
+        raise ValueError(f"{name}: expected {_fmt(dims)} with every size >= 1, got {tuple(t.shape)} "
+                         f"({', '.join(empty)} = 0)")
+
+
 def check_channel_input(name: str, value: object) -> tuple[int, int, int]:
-    """A ``(batch, dim, seqlen)`` activation of a floating dtype with seqlen ≥ 1; returns its sizes."""
+    """A ``(batch, dim, seqlen)`` activation of a floating dtype with every size ≥ 1; returns its sizes."""
     t = check_tensor(name, value)
     check_dtype(name, t, ACTIVATION_DTYPES)
     if t.dim() != 3:
         shape_error(name, t, [[("batch", None), ("dim", None), ("seqlen", None)]])
     batch, dim, seqlen = t.shape
     check_seqlen(name, seqlen)
+    check_nonempty(name, t, ("batch", "dim", "seqlen"))
     return batch, dim, seqlen
 
 

@@ -10,7 +10,7 @@ import torch
 from ..ir import linear
 from ..ir.program import INPUT_SCALES
 from . import checks as ck
-from .registry import run_program
+from .registry import run_checked
 
 REAL_DTYPES = ck.ACTIVATION_DTYPES
 SCALES = INPUT_SCALES
@@ -84,6 +84,7 @@ def linear_scan(
     ck.check_device("x", x, "a", a)
     ck.check_shape("x", x, [(f"a.shape[{i}]", s) for i, s in enumerate(a.shape)])
     ck.check_seqlen("a", a.shape[-1])
+    ck.check_nonempty("a", a, {1: ("seqlen",), 2: ("batch", "seqlen"), 3: ("batch", "dim", "seqlen")}[a.dim()])
     complex_a, complex_x = a.is_complex(), x.is_complex()
     if complex_a:
         ck.check_dtype("a", a, (torch.complex64,))
@@ -113,7 +114,7 @@ def linear_scan(
         if h0 is not None:
             h0 = (torch.cat([h0, torch.zeros_like(h0)], dim=1) if complex_a
                   else torch.cat([h0.real, h0.imag], dim=1))
-    out, last = run_program(program_json(complex_a, scale), {"a": a3, "x": x3}, initial_state=h0,
+    out, last = run_checked(program_json(complex_a, scale), {"a": a3, "x": x3}, initial_state=h0,
                             cu_seqlens=cu_seqlens, return_final_state=want_state, backend=backend)
     if complex_x:
         out = _merge(out, dim)

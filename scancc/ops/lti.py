@@ -10,7 +10,7 @@ import torch
 from ..ir import lti
 from ..ir.program import DISCRETIZATIONS
 from . import checks as ck
-from .registry import run_program
+from .registry import run_checked
 
 WEIGHT_DTYPES = (torch.float32, torch.complex64)
 
@@ -76,6 +76,7 @@ def lti_scan(
     else:
         delta = ck.check_arg("delta", delta, vec, "u", u, (torch.float32,))
     A = ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
+    ck.check_nonempty("A", A, ("dim", "dstate"))
     cplx = A.is_complex()
     mat = [("dim", dim), ("dstate", A.shape[1])]
     allowed = WEIGHT_DTYPES if cplx else (torch.float32,)
@@ -94,7 +95,7 @@ def lti_scan(
                                        A.dtype, "u", u)
 
     prog = program_json(disc, cplx, pairs and cplx, D is not None)
-    out, last = run_program(prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D},
+    out, last = run_checked(prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D},
                             initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state,
                             backend=backend)
     return (out, last) if want_state else out

@@ -32,6 +32,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 import torch
 
 from ..ir import Program, Schedule, TensorSpec
+from . import checks as ck
 
 DEFAULT_BACKEND = ""
 """The empty name means "choose by device" (:func:`scancc.compiler.default_backend`):
@@ -320,6 +321,68 @@ def check_backend(backend: Optional[str]) -> str:
 
 
 # -- Python entry point --------------------------------------------------------------------------
+_SPEC_DTYPES = {"float": ck.ACTIVATION_DTYPES, "complex": (torch.complex64,), "int": ck.INDEX_DTYPES}
+
+
+def check_program_arguments(
+    program_json: object,
+    inputs: object,
+    initial_state: object,
+    cu_seqlens: object,
+    return_final_state: object,
+    schedule: object,
+) -> None:
+    """The argument checks of :func:`run_program` (the typed ops check their own arguments):
+    the program JSON, every input named by ``program.tensors()`` (required ones present, no
+    unknown names, tensors of the spec's dtype kind on the main input's device), ``cu_seqlens``
+    (:func:`~scancc.ops.checks.check_packed`) and the initial state's shape and dtype. Input
+    shapes are checked by the backend against the program's symbolic dimensions."""
+    if not isinstance(program_json, str):
+        raise TypeError(f"program_json: expected a str (Program.to_json()), got {type(program_json).__name__}")
+    try:
+        specs = _signature(program_json)
+    except ValueError as exc:
+        raise ValueError(f"program_json: expected Program.to_json(), got an invalid program ({exc})") from exc
+    if not isinstance(inputs, Mapping):
+        raise TypeError(f"inputs: expected a mapping of input names to tensors, got {type(inputs).__name__}")
+    names = [spec.name for spec in specs]
+    unknown = [k for k in inputs if k not in names]
+    if unknown:
+        raise ValueError(f"inputs: expected names from {', '.join(names)}, got unknown {', '.join(map(repr, unknown))}")
+    main_name = specs[0].name  # the first input (u, x or a) is required; the others are checked against it
+    main = None
+    for spec in specs:
+        name = f"inputs[{spec.name!r}]"
+        t = inputs.get(spec.name)
+        if t is None:
+            if not spec.optional:
+                raise ValueError(f"{name}: required by the program ({', '.join(spec.dims)}), got None")
+            continue
+        t = ck.check_tensor(name, t)
+        ck.check_dtype(name, t, _SPEC_DTYPES[spec.dtype])
+        if main is None:
+            main = t
+            ck.check_shape(name, t, [(d, None) for d in spec.dims])
+        else:
+            ck.check_device(name, t, f"inputs[{main_name!r}]", main)
+        if "pairs" not in spec.dims:  # zero rotary pairs is a valid program input
+            ck.check_nonempty(name, t, spec.dims)
+    assert main is not None
+    ck.check_flag("return_final_state", return_final_state)
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule: expected a str (Schedule.to_json() or ''), got {type(schedule).__name__}")
+    main_ref = f"inputs[{main_name!r}]"
+    named = {k: v for k, v in inputs.items() if v is not None}
+    sizes = _bind_dims(program_json, named)
+    if cu_seqlens is not None:
+        ck.check_packed(cu_seqlens, sizes.get("batch", 1), sizes.get("seqlen", 1), main_ref, main)
+    if initial_state is not None:
+        shape, dtype = state_meta(program_json, named, cu_seqlens)
+        dims = [("num_seqs" if d == "batch" and cu_seqlens is not None else d, size)
+                for d, size in zip(_program(program_json).state_dims(), shape)]
+        ck.check_state("initial_state", initial_state, dims, dtype, main_ref, main)
+
+
 def run_program(
     program_json: str,
     inputs: Mapping[str, Optional[torch.Tensor]],
@@ -334,11 +397,29 @@ def run_program(
 
     ``inputs`` maps ``program.tensors()`` names to tensors (absent optional ones may be
     missing or ``None``) already in the backend's form (complex quantities complex64).
-    Arguments are not validated here; the public ops do that. ``program_json`` must be
-    ``program.to_json()``, ``backend`` a backend name or ``""``/``None`` (chosen by the
-    inputs' device, :func:`auto_backend`) and
+    ``program_json`` must be ``program.to_json()``, ``backend`` a backend name or
+    ``""``/``None`` (chosen by the inputs' device, :func:`auto_backend`) and
     ``schedule`` ``Schedule.to_json()`` or ``""`` (the autotuner's choice for the call's sizes).
+    Arguments are checked by :func:`check_program_arguments` (in eager mode; the typed ops
+    check theirs and call :func:`run_checked`).
     """
+    if not torch.compiler.is_compiling():
+        check_program_arguments(program_json, inputs, initial_state, cu_seqlens, return_final_state, schedule)
+    return run_checked(program_json, inputs, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                       return_final_state=return_final_state, backend=backend, schedule=schedule)
+
+
+def run_checked(
+    program_json: str,
+    inputs: Mapping[str, Optional[torch.Tensor]],
+    *,
+    initial_state: Optional[torch.Tensor] = None,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    return_final_state: bool = False,
+    backend: Optional[str] = DEFAULT_BACKEND,
+    schedule: str = "",
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`run_program` for arguments the caller has already validated (the public ops)."""
     backend = check_backend(backend)
     order = input_order(program_json).split(",")
     present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]

@@ -9,7 +9,7 @@ import torch
 
 from ..ir import selective
 from . import checks as ck
-from .registry import run_program
+from .registry import run_checked
 
 WEIGHT_DTYPES = (torch.float32, torch.complex64)
 
@@ -123,6 +123,7 @@ def selective_scan_fn(
     seq = [("batch", batch), ("dim", dim), ("seqlen", seqlen)]
     delta = ck.check_arg("delta", delta, seq, "u", u)
     A = ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
+    ck.check_nonempty("A", A, ("dim", "dstate"))
     B, varying_b = _b_or_c("B", B, u, A)
     C, varying_c = _b_or_c("C", C, u, A)
     if varying_b and varying_c and B.shape[1] != C.shape[1]:
@@ -147,7 +148,7 @@ def selective_scan_fn(
 
     prog = program_json(A.is_complex(), varying_b, varying_c, D is not None, z is not None, delta_bias is not None,
                         softplus)
-    out, last = run_program(
+    out, last = run_checked(
         prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
         initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state, backend=backend,
     )

@@ -106,6 +106,7 @@ def mamba_chunk_scan_combined(
         ck.shape_error("x", x, [[("batch", None), ("seqlen", None), ("heads", None), ("headdim", None)]])
     batch, seqlen, heads, headdim = x.shape
     ck.check_seqlen("x", seqlen)
+    ck.check_nonempty("x", x, ("batch", "seqlen", "heads", "headdim"))
     dt = ck.check_arg("dt", dt, [("batch", batch), ("seqlen", seqlen), ("heads", heads)], "x", x,
                       ck.ACTIVATION_DTYPES)
     A = _float_arg("A", A, [("heads", heads)], x)

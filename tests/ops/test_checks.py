@@ -75,6 +75,12 @@ SELECTIVE_BAD = [
      dict(initial_state=torch.zeros(B_, D_, N_, dtype=torch.bfloat16))),
     ("complex state", TypeError, "initial_state: expected dtype complex64", dict(
         A=CPLX_A, B=torch.randn(B_, N_, 2 * L_), C=torch.randn(B_, N_, 2 * L_), initial_state=torch.zeros(B_, D_, N_))),
+    ("empty batch", ValueError, "u: expected (batch, dim, seqlen) with every size >= 1, got (0, 8, 64) (batch = 0)",
+     dict(u=torch.randn(0, D_, L_), delta=torch.randn(0, D_, L_), B=torch.randn(0, N_, L_), C=torch.randn(0, N_, L_))),
+    ("empty dim", ValueError, "u: expected (batch, dim, seqlen) with every size >= 1, got (2, 0, 64) (dim = 0)",
+     dict(u=torch.randn(B_, 0, L_), delta=torch.randn(B_, 0, L_), A=torch.randn(0, N_))),
+    ("empty dstate", ValueError, "A: expected (dim, dstate) with every size >= 1, got (8, 0) (dstate = 0)",
+     dict(A=torch.randn(D_, 0), B=torch.randn(B_, 0, L_), C=torch.randn(B_, 0, L_))),
 ]
 
 
@@ -138,6 +144,10 @@ LINEAR_BAD = [
     ("device", ValueError, "x is on meta but a is on cpu", (torch.rand(5), torch.rand(5, device="meta")), {}),
     ("varlen batch", ValueError, "cu_seqlens: expected batch=1", (torch.rand(2, 5), torch.rand(2, 5)),
      dict(cu_seqlens=torch.tensor([0, 5]))),
+    ("empty batch", ValueError, "a: expected (batch, seqlen) with every size >= 1, got (0, 5) (batch = 0)",
+     (torch.rand(0, 5), torch.rand(0, 5)), {}),
+    ("empty dim", ValueError, "a: expected (batch, dim, seqlen) with every size >= 1, got (2, 0, 5) (dim = 0)",
+     (torch.rand(2, 0, 5), torch.rand(2, 0, 5)), {}),
 ]
 
 
@@ -167,6 +177,10 @@ LTI_BAD = [
     ("real A, complex B", TypeError, "B: expected dtype float32 (A's dtype), got torch.complex64",
      dict(A=-torch.rand(D_, N_))),
     ("conj_pairs flag", TypeError, "conj_pairs: expected a bool, got int", dict(conj_pairs=1)),
+    ("empty batch", ValueError, "u: expected (batch, dim, seqlen) with every size >= 1, got (0, 8, 64) (batch = 0)",
+     dict(u=torch.randn(0, D_, L_))),
+    ("empty dstate", ValueError, "A: expected (dim, dstate) with every size >= 1, got (8, 0) (dstate = 0)",
+     dict(A=-torch.rand(D_, 0), B=torch.randn(D_, 0), C=torch.randn(D_, 0))),
 ]
 
 

@@ -203,3 +203,55 @@ def test_gradient_through_final_state_only() -> None:
     h.sum().backward()
     for name, o, r in zip("a x h0".split(), ours, refs):
         assert_close(f"grad {name}", o.grad, r.grad, 1e-5)
+
+
+# -- run_program's argument checks ---------------------------------------------------------------
+def _run_args(**over: object) -> dict:
+    g = gen_(2)
+    inputs = dict(u=torch.randn(1, 2, 6, generator=g), delta=torch.randn(1, 2, 6, generator=g),
+                  A=-torch.rand(2, 3, generator=g), B=torch.randn(1, 1, 3, 6, generator=g),
+                  C=torch.randn(1, 1, 3, 6, generator=g))
+    args: dict = dict(program_json=selective().to_json(), inputs=inputs)
+    for key, value in over.items():
+        if key in inputs or key == "Dx":
+            args["inputs"] = {**args["inputs"], key: value}
+        else:
+            args[key] = value
+    return args
+
+
+RUN_PROGRAM_BAD = [
+    ("program not a str", TypeError, r"program_json: expected a str", dict(program_json=None)),
+    ("program not json", ValueError, r"program_json: expected Program.to_json\(\)", dict(program_json="{nope")),
+    ("inputs a list", TypeError, r"inputs: expected a mapping", dict(inputs=[torch.zeros(1)])),
+    ("unknown input", ValueError, r"inputs: expected names from .*unknown 'Dx'", dict(Dx=torch.zeros(2))),
+    ("missing main input", ValueError, r"inputs\['u'\]: required by the program", dict(u=None)),
+    ("input not a tensor", TypeError, r"inputs\['A'\]: expected a torch.Tensor, got list", dict(A=[[-1.0]])),
+    ("integer input", TypeError, r"inputs\['delta'\]: expected dtype float32, float16 or bfloat16, got torch.int32",
+     dict(delta=torch.ones(1, 2, 6, dtype=torch.int32))),
+    ("float64 input", TypeError, r"inputs\['u'\]: expected dtype .*got torch.float64",
+     dict(u=torch.zeros(1, 2, 6, dtype=torch.float64))),
+    ("input on another device", ValueError, r"inputs\['B'\] is on meta but inputs\['u'\] is on cpu",
+     dict(B=torch.zeros(1, 1, 3, 6, device="meta"))),
+    ("empty state axis", ValueError, r"inputs\['A'\]: expected \(dim, dstate\) with every size >= 1",
+     dict(A=torch.zeros(2, 0))),
+    ("flag not a bool", TypeError, r"return_final_state: expected a bool", dict(return_final_state=1)),
+    ("schedule not a str", TypeError, r"schedule: expected a str", dict(schedule=None)),
+    ("cu_seqlens end", ValueError, r"cu_seqlens: expected to start at 0 and end at seqlen=6",
+     dict(cu_seqlens=torch.tensor([0, 2, 5]))),
+    ("cu_seqlens list", TypeError, r"cu_seqlens: expected a torch.Tensor", dict(cu_seqlens=[0, 6])),
+    ("initial_state dtype", TypeError, r"initial_state: expected dtype float32",
+     dict(initial_state=torch.zeros(1, 2, 3, dtype=torch.int32))),
+    ("initial_state rows", ValueError, r"initial_state: expected \(num_seqs=2, dim=2, dstate=3\), got \(1, 2, 3\)",
+     dict(cu_seqlens=torch.tensor([0, 2, 6]), initial_state=torch.zeros(1, 2, 3))),
+]
+
+
+@pytest.mark.parametrize("case", RUN_PROGRAM_BAD, ids=[c[0] for c in RUN_PROGRAM_BAD])
+def test_run_program_bad_arguments(case: tuple) -> None:
+    from scancc.ops import run_program
+
+    _, exc, match, over = case
+    args = _run_args(**over)
+    with pytest.raises(exc, match=match):
+        run_program(args.pop("program_json"), args.pop("inputs"), **args)

@@ -218,6 +218,13 @@ BAD = {
     "D shape": (_with(D=lambda a, k: torch.zeros(5, device=DEVICE)), ValueError, r"D: expected \(heads=4\) or"),
     "dt shape": (_with(dt=lambda a, k: a[1][:, :, :2]), ValueError, r"dt: expected \(batch=2, seqlen=20, heads=4\)"),
     "flag type": (_with(dt_softplus=lambda a, k: 1), TypeError, "dt_softplus: expected a bool"),
+    "empty heads": (_with(x=lambda a, k: a[0][:, :, :0], dt=lambda a, k: a[1][:, :, :0], A=lambda a, k: a[2][:0],
+                          D=lambda a, k: None, z=lambda a, k: None, dt_bias=lambda a, k: None,
+                          initial_states=lambda a, k: None),
+                    ValueError, r"x: expected \(batch, seqlen, heads, headdim\) with every size >= 1, .*\(heads = 0\)"),
+    "empty headdim": (_with(x=lambda a, k: a[0][..., :0], z=lambda a, k: None, D=lambda a, k: None,
+                            initial_states=lambda a, k: None),
+                      ValueError, r"x: expected .* with every size >= 1, .*\(headdim = 0\)"),
 }
 
 
