@@ -58,26 +58,28 @@ def _float(name: str, t: object, dims: list[ck.Dim], ref_name: str, ref: torch.T
 
 
 def _states(states: object, rows: int, heads: int, headdim: int, dstate: int, pairs: int, rank: int,
-            ref: torch.Tensor) -> Optional[tuple[torch.Tensor, ...]]:
-    """``Input_States``: ``None`` or all four of (angle, ssm, k, x)."""
+            ref: torch.Tensor, name: str = "Input_States") -> Optional[tuple[torch.Tensor, ...]]:
+    """``Input_States`` (``name``: the argument, ``state`` for the decode step): ``None`` or all
+    four of (angle, ssm, k, x)."""
     if states is None:
         return None
     if not isinstance(states, (tuple, list)) or len(states) != 4:
-        raise ValueError("Input_States: expected a tuple (angle_state, ssm_state, k_state, v_state) or None, "
+        raise ValueError(f"{name}: expected a tuple (angle_state, ssm_state, k_state, v_state) or None, "
                          f"got {type(states).__name__}{'' if not isinstance(states, (tuple, list)) else f' of {len(states)}'}")
     if any(s is None for s in states):
         given = [n for n, s in zip(("angle_state", "ssm_state", "k_state", "v_state"), states) if s is not None]
-        raise ValueError(f"Input_States: give all four states or none (None); only {given} were given")
+        raise ValueError(f"{name}: give all four states or none (None); only {given} were given")
     angle, ssm, k, v = states
-    k_dims: list[ck.Dim] = [("num_seqs", rows), ("heads", heads), ("dstate", dstate)]
+    rows_dim = ("num_seqs" if name == "Input_States" else "batch", rows)
+    k_dims: list[ck.Dim] = [rows_dim, ("heads", heads), ("dstate", dstate)]
     if rank > 1:
         k_dims.insert(1, ("rank", rank))
     return (
-        _float("Input_States[0] (angle)", angle, [("num_seqs", rows), ("heads", heads), ("pairs", pairs)], "V", ref),
-        _float("Input_States[1] (ssm)", ssm, [("num_seqs", rows), ("heads", heads), ("headdim", headdim),
-                                              ("dstate", dstate)], "V", ref),
-        _float("Input_States[2] (k)", k, k_dims, "V", ref),
-        _float("Input_States[3] (v)", v, [("num_seqs", rows), ("heads", heads), ("headdim", headdim)], "V", ref),
+        _float(f"{name}[0] (angle)", angle, [rows_dim, ("heads", heads), ("pairs", pairs)], "V", ref),
+        _float(f"{name}[1] (ssm)", ssm, [rows_dim, ("heads", heads), ("headdim", headdim), ("dstate", dstate)],
+               "V", ref),
+        _float(f"{name}[2] (k)", k, k_dims, "V", ref),
+        _float(f"{name}[3] (v)", v, [rows_dim, ("heads", heads), ("headdim", headdim)], "V", ref),
     )
 
 
@@ -94,6 +96,8 @@ def _check_common(Q: object, K: object, V: object, ADT: object, DT: object, Trap
         ck.shape_error("V", V, [names if seq_axis else [names[0], names[2], names[3]]])
     if seq_axis:
         batch, seqlen, heads, headdim = V.shape
+        ck.check_seqlen("V", seqlen)
+        ck.check_nonempty("V", V, ("batch", "seqlen", "nheads", "headdim_v"))
     else:
         (batch, heads, headdim), seqlen = V.shape, 1
     lead: list[ck.Dim] = [("batch", batch)] + ([("seqlen", seqlen)] if seq_axis else [])
@@ -105,6 +109,8 @@ def _check_common(Q: object, K: object, V: object, ADT: object, DT: object, Trap
     if Q.dim() != q_rank:
         ck.shape_error("Q", Q, [lead + rank_dims + [("nheads_qk", None), ("headdim_qk", None)]])
     heads_qk, dstate = Q.shape[-2], Q.shape[-1]
+    if seq_axis:
+        ck.check_nonempty("Q", Q, [n for n, _ in lead + rank_dims] + ["nheads_qk", "headdim_qk"])
     if heads_qk < 1 or heads % heads_qk:
         raise ValueError(f"Q: nheads ({heads}) must be a multiple of nheads_qk ({heads_qk}), got Q of shape "
                          f"{tuple(Q.shape)} and V of shape {tuple(V.shape)}")
@@ -283,7 +289,8 @@ def _mimo_rank_one(Q: torch.Tensor, K: object, V: object, ADT: object, DT: objec
             k0 = ck.check_tensor("Input_States[2] (k)", given[2])
             if k0.dim() != 4 or k0.shape[1] != 1:
                 raise ValueError(f"Input_States[2] (k): expected (num_seqs, 1, nheads, headdim_qk), got {tuple(k0.shape)}")
-            x0 = ck.check_tensor("Input_States[3] (v)", given[3])
+            x0 = _float("Input_States[3] (v)", given[3], [("num_seqs", rows), ("heads", a["heads"]),
+                                                          ("headdim", a["headdim"])], "V", Vr)
             given = [given[0], given[1], k0[:, 0], x0 * wx.to(x0.dtype)]
         states = _states(given, rows, a["heads"], a["headdim"], a["dstate"], a["pairs"], 1, Vr)
     a["V"] = Vr * wx.to(Vr.dtype)
@@ -383,7 +390,7 @@ def mamba3_step(
     else:
         a = _check_common(Q, K, V, ADT, DT, Trap, Q_bias, K_bias, Angles, D, Z, rank, pairing, False)
     states = _states((state[0], state[1], k_state, state[3]), a["batch"], a["heads"], a["headdim"], a["dstate"],
-                     a["pairs"], rank, a["V"])
+                     a["pairs"], rank, a["V"], name="state")
     assert states is not None
     angle, ssm, k_state, x_state = states
     W: tuple[Optional[torch.Tensor], ...] = (None, None, None)
@@ -394,6 +401,10 @@ def mamba3_step(
         return t if t is None or (mimo and rank > 1) else t.unsqueeze(axis)
 
     V = a["V"]
+    # The decode kernel takes both biases or neither: a missing one of the two is zero.
+    if (a["Q_bias"] is None) != (a["K_bias"] is None):
+        given = a["K_bias"] if a["Q_bias"] is None else a["Q_bias"]
+        a["Q_bias"], a["K_bias"] = (torch.zeros_like(given) if b is None else b for b in (a["Q_bias"], a["K_bias"]))
     program = step_program_json(rank, pairing, a["D"] is not None, a["Z"] is not None)
     return mamba3_step_op(
         program, step_schedule_json(), angle, ssm, with_rank(k_state, 1), x_state, V, a["DT"], a["ADT"], a["Trap"],

@@ -208,3 +208,85 @@ def test_bad_chunk_and_mimo_rank_raise() -> None:
 
 def test_device_is_cpu_or_cuda() -> None:
     assert DEVICE in ("cpu", "cuda") and math.isfinite(1.0)
+
+
+def _mimo_rank_one_args() -> dict[str, object]:
+    case = Case(seqlen=8, heads=2, heads_qk=1, headdim=4, dstate=8)
+    a = dict(case.args())
+    a["Q"], a["K"] = a["Q"][:, :, None], a["K"][:, :, None]
+    a["Q_bias"], a["K_bias"] = a["Q_bias"][:, None], a["K_bias"][:, None]
+    a["W_x"], a["W_z"], a["W_o"] = (torch.full((2, 1, 4), 0.5, device=DEVICE) for _ in range(3))
+    angle, ssm, k, v = case.state_args()
+    a["Input_States"] = (angle, ssm, k[:, None], v)
+    return a
+
+
+@pytest.mark.parametrize("v_state, exc", [
+    (torch.zeros(2, 2), ValueError),                              # a dimension missing
+    (torch.zeros(2, 3, 4), ValueError),                           # nheads 3 for 2
+    (torch.zeros(2, 2, 5), ValueError),                           # headdim 5 for 4
+    (torch.zeros(2, 2, 4, device="meta"), ValueError),            # another device
+    (torch.zeros(2, 2, 4, dtype=torch.int32), TypeError),
+])
+def test_mimo_rank_one_bad_v_state(v_state: torch.Tensor, exc: type) -> None:
+    a = _mimo_rank_one_args()
+    angle, ssm, k, _ = a["Input_States"]
+    a["Input_States"] = (angle, ssm, k, v_state)
+    with pytest.raises(exc, match=r"Input_States\[3\] \(v\)"):
+        mamba3_mimo(**a)
+
+
+@pytest.mark.parametrize("op", ["siso", "mimo1", "mimo2"])
+def test_empty_axes_raise(op: str) -> None:
+    if op == "siso":
+        a = _siso_args()
+        a["V"], a["Z"] = a["V"][:, :, :, :0], None
+        with pytest.raises(ValueError, match=r"V: expected .* with every size >= 1, .*\(headdim_v = 0\)"):
+            mamba3_siso_combined(**a)
+    elif op == "mimo1":
+        a = _mimo_rank_one_args()
+        a["Q"], a["K"] = a["Q"][..., :0], a["K"][..., :0]
+        a["Q_bias"] = a["K_bias"] = a["Input_States"] = None
+        a["Angles"] = a["Angles"][..., :0]
+        with pytest.raises(ValueError, match=r"Q: expected .* with every size >= 1, .*\(headdim_qk = 0\)"):
+            mamba3_mimo(**a)
+    else:
+        case = Case(seqlen=8, heads=2, heads_qk=1, headdim=4, dstate=8, rank=2)
+        a = dict(case.args())
+        a = {k: (None if v is None else v[:0] if k in ("Q", "K", "V", "ADT", "DT", "Trap", "Angles", "Z") else v)
+             for k, v in a.items()}
+        with pytest.raises(ValueError, match=r"V: expected .* with every size >= 1, .*\(batch = 0\)"):
+            mamba3_mimo(**a)
+
+
+def _step_args(case: Case) -> dict[str, object]:
+    a = dict(case.args())
+    a.pop("W_x"), a.pop("W_z"), a.pop("W_o")
+    a = {k: (None if v is None else v[:, 0] if k in ("Q", "K", "V", "Z", "Angles") else
+             v[:, :, 0] if k in ("ADT", "DT", "Trap") else v) for k, v in a.items()}
+    a["state"] = tuple(s.clone() for s in case.state_args())
+    return a
+
+
+@pytest.mark.parametrize("given", ["Q_bias", "K_bias"])
+def test_step_with_one_bias_adds_zero_for_the_other(given: str) -> None:
+    """One bias alone is the pair with a zero bias for the other (the decode kernel takes both)."""
+    case = Case(seqlen=1, heads=2, heads_qk=1, headdim=4, dstate=8)
+    other = "K_bias" if given == "Q_bias" else "Q_bias"
+    one = _step_args(case)
+    one[other] = None
+    both = _step_args(case)
+    both[other] = torch.zeros_like(both[given])
+    got, want = mamba3_step(**one), mamba3_step(**both)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+    for s, t in zip(one["state"], both["state"]):
+        assert torch.allclose(s, t, rtol=1e-6, atol=1e-6)
+
+
+def test_step_state_errors_name_state() -> None:
+    case = Case(seqlen=1, heads=2, heads_qk=1, headdim=4, dstate=8)
+    a = _step_args(case)
+    angle, ssm, k, v = a["state"]
+    a["state"] = (angle, ssm[:, :, :3], k, v)
+    with pytest.raises(ValueError, match=r"^state\[1\] \(ssm\): expected \(batch=2, heads=2, headdim=4, dstate=8\)"):
+        mamba3_step(**a)
