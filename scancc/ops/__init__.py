@@ -29,9 +29,9 @@ Conventions shared by all ops:
   check is skipped while ``torch.compile`` traces or a CUDA graph is captured, so compiled
   graphs never synchronise.
   Other data-dependent conditions (a positive LTI step, finite inputs, in-range
-  ``state_batch_indices``) are not checked: NaN and inf propagate to the outputs, except
-  through a decay exponent on the TVM backend, whose vectorised ``exp`` clamps its argument
-  to [-87, 88] (a NaN in ``A`` or ``delta`` of :func:`selective_scan_fn` can come out finite there).
+  ``state_batch_indices``) are not checked: NaN propagates to the outputs on every backend.
+  The TVM backend's vectorised ``exp`` clamps finite arguments to [-87, 88], so an infinite
+  decay exponent gives ``exp(±87/88)`` there rather than 0 or inf.
 - Every size of the main input (batch, channels, heads, state) must be at least 1.
 - Double backward is not supported.
 """

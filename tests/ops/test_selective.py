@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ops_reference import DEVICE, FWD_TOL, assert_close, compare, crandn, randn, reference
 
+from scancc.backends.registry import get_backend
 from scancc.ir import selective
 from scancc.ops import selective_scan_fn
 from scancc.ops.selective import _as_complex
@@ -247,16 +248,28 @@ def test_non_contiguous_inputs() -> None:
     assert torch.equal(out, ref)
 
 
-def test_nan_propagates() -> None:
+BACKENDS_HERE = ["triton"] + (["tvm"] if DEVICE == "cpu" and get_backend("tvm").available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS_HERE)
+@pytest.mark.parametrize("poison, where, first_step", [("u", (1, 2, 5), 5), ("delta", (1, 2, 5), 5),
+                                                       ("A", (2, 1), 0)])
+def test_nan_propagates(backend: str, poison: str, where: tuple[int, ...], first_step: int) -> None:
+    """A NaN in the input, the step or the decay poisons its channel from that step on, and
+    nothing else (the TVM kernels' clamped exp keeps NaN too)."""
     gen = torch.Generator().manual_seed(5)
     b, d, n, length = 2, 3, 4, 16
-    u, delta = randn(b, d, length, gen=gen), randn(b, d, length, gen=gen)
-    A, B, C = -torch.rand(d, n, generator=gen), randn(b, n, length, gen=gen), randn(b, n, length, gen=gen)
-    u[1, 2, 5] = float("nan")
-    out, last = selective_scan_fn(*(t.to(DEVICE) for t in (u, delta, A, B, C)), delta_softplus=True,
-                                  return_last_state=True)
+    tensors = {"u": randn(b, d, length, gen=gen), "delta": randn(b, d, length, gen=gen),
+               "A": -torch.rand(d, n, generator=gen), "B": randn(b, n, length, gen=gen),
+               "C": randn(b, n, length, gen=gen)}
+    tensors[poison][where] = float("nan")
+    out, last = selective_scan_fn(*(tensors[k].to(DEVICE) for k in ("u", "delta", "A", "B", "C")),
+                                  delta_softplus=True, return_last_state=True, backend=backend)
     out, last = out.cpu(), last.cpu()
-    assert torch.isnan(out[1, 2, 5:]).all() and torch.isnan(last[1, 2]).all()
     poisoned = torch.zeros_like(out, dtype=torch.bool)
-    poisoned[1, 2, 5:] = True
+    batches = slice(None) if poison == "A" else where[0]
+    poisoned[batches, 2, first_step:] = True
+    assert torch.isnan(out[poisoned]).all()
+    state = last[batches, 2, where[1]] if poison == "A" else last[batches, 2]  # A[d, n]: one state entry
+    assert torch.isnan(state).all()
     assert torch.isfinite(out[~poisoned]).all()
