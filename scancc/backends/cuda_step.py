@@ -74,7 +74,8 @@ def params() -> list[tuple[str, str]]:
         const = "" if name in ("state", "out") else "const "
         out.append((f"{const}SCANCC_T_{name}*", name))
         out += [("long long", f"stride_{name}_{a}") for a in (("b",) if name in ("state",) else ()) + tuple(axes)]
-    return out + [("const long long*", "state_idx"), ("long long", "dim"), ("long long", "heads_per_group")]
+    return out + [("const long long*", "state_idx"), ("long long", "state_rows"), ("long long", "dim"),
+                  ("long long", "heads_per_group")]
 
 
 def template_context(program: Program) -> dict[str, Any]:
@@ -146,7 +147,7 @@ class CUDAStep(TritonStep):
             strides = t.stride() if t is not None else (0,) * ndim
             values.update({f"stride_{name}_{a}": st for a, st in zip(names, strides)})
         idx = None if state_batch_indices is None else state_batch_indices.to(x.device, torch.int64).contiguous()
-        values.update(state_idx=idx, dim=dim, heads_per_group=heads // groups)
+        values.update(state_idx=idx, state_rows=state.shape[0], dim=dim, heads_per_group=heads // groups)
         options = [f"-DSCANCC_{k}={v}" for k, v in cfg.macros().items()]
         options += [f"-D{k}={v}" for k, v in sorted(types.items())]
         index = x.device.index if x.device.index is not None else torch.cuda.current_device()

@@ -156,7 +156,8 @@ class TritonStep:
         grid = (-(-dim // block_m), batch, heads)
         args = [state, *state.stride(), x, *x.stride(), dt, *dt.stride(), dt_bias, *_strides(dt_bias, 2),
                 A, *A.stride(), B, *B.stride(), C, *C.stride(), D, *_strides(D, 2), z, *_strides(z, 3),
-                out, *out.stride(), state_batch_indices, dim, dstate, heads // groups]
+                out, *out.stride(), state_batch_indices, *_strides(state_batch_indices, 1), state.shape[0],
+                dim, dstate, heads // groups]
         meta = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None,
                     HAS_STATE_IDX=state_batch_indices is not None, TIED_HEAD=tied_head(A, dt, dt_bias),
                     BLOCK_M=block_m, BLOCK_N=block_n, num_warps=self.schedule.num_warps)

@@ -150,9 +150,6 @@ def selective_state_update(
     if state_batch_indices is not None:
         state_batch_indices = ck.check_arg("state_batch_indices", state_batch_indices, [("batch", batch)], "x", x,
                                            ck.INDEX_DTYPES)
-        # The kernel reads the indices densely and cannot see the number of state rows: out-of-range
-        # rows become padding (-1) on the device, without a host sync (the result is contiguous).
-        state_batch_indices = torch.where(state_batch_indices < state.shape[0], state_batch_indices, -1)
 
     if mamba1:
         # Mamba-1 with g groups is Mamba-2 with g heads of dim / g channels (views, no copies).
