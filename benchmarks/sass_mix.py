@@ -3,14 +3,16 @@
 Compiles the generated forward (or, ``--kernel bwd``, backward) kernel of a preset (default: the Mamba-1 selective scan, bf16
 activations, every flag on) for sm_90 with Triton's own compiler, disassembles the cubin with
 the ``cuobjdump`` Triton ships, and divides each opcode's count by the state elements one
-thread updates per tile (``BLOCK_D·BLOCK_N·BLOCK_L / threads``). The tile loop body is fully
-unrolled over ``BLOCK_L``, so the counts are dominated by it; prologue and epilogue add a
-little. What it is for: a kernel bound by its special-function unit wants about one ``MUFU``
+thread updates per tile (``BLOCK_D·BLOCK_N·BLOCK_L / threads``) and by the copies of the tile
+body in the code (two for ``unrolled_scan``: full tiles and the masked last one). The tile
+body is straight-line code over ``BLOCK_L`` steps, so the counts are dominated by it;
+prologue and epilogue add a little. Tiles default to what a launch at B4 D5120 would use
+with the algorithm's default schedule (``--algorithm``, default: the backend's). What it is for: a kernel bound by its special-function unit wants about one ``MUFU``
 and a few FP32 instructions per element, and every ``SHFL`` (warp shuffle: a reduction or a
 layout change across lanes) in the inner loop costs issue slots of the same shared pipe.
 
-    python benchmarks/sass_mix.py                                 # the selective scan's default tiles
-    python benchmarks/sass_mix.py --block-d 32 --block-l 16 --num-warps 2
+    python benchmarks/sass_mix.py                                 # the selective scan's default schedule
+    python benchmarks/sass_mix.py --algorithm sequential --block-d 32 --block-l 16 --num-warps 2
     python benchmarks/sass_mix.py --kernel bwd --block-d 8 --block-l 64 --num-warps 1   # the backward's tiles
 
 Static counts are a proxy, not a timing: latency, occupancy and memory are not in them.
@@ -34,8 +36,10 @@ PER_CHANNEL = {"A", "A_bar", "B_bar", "D", "delta_bias", "h0", "ht", "ckpt", "dh
                "dB_bar", "dC", "dD", "ddelta_bias"}
 
 
-def compile_cubin(preset: str, kernel: str, block_d: int, block_l: int, dstate: int, num_warps: int) -> bytes:
-    """The ``kernel`` (``"fwd"`` or ``"bwd"``) of ``preset``, compiled for sm_90 at these tiles (no GPU needed)."""
+def compile_cubin(preset: str, algorithm: str, kernel: str, block_d: int, block_l: int, dstate: int,
+                  num_warps: int) -> bytes:
+    """The ``kernel`` (``"fwd"`` or ``"bwd"``) of ``preset`` under ``algorithm``, compiled for sm_90
+    at these tiles (no GPU needed)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -47,7 +51,7 @@ def compile_cubin(preset: str, kernel: str, block_d: int, block_l: int, dstate: 
 
     program = getattr(ir, preset)()
     backend = TritonBackend()
-    source = backend.lower(program, backend.default_schedule(program))
+    source = backend.lower(program, backend.default_schedule(program).replace(algorithm=algorithm))
     fn = getattr(load_source(source, "triton", program.name), f"{program.name}_{kernel}_kernel")
     constexprs = {"dstate": dstate, "BLOCK_D": block_d, "BLOCK_N": dstate, "BLOCK_L": block_l, "CKPT_EVERY": 1,
                   "HAS_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "VARLEN": False, "HAS_DHT": False,
@@ -87,18 +91,35 @@ def opcode_counts(cubin: bytes) -> collections.Counter:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="selective")
+    p.add_argument("--algorithm", choices=("unrolled_scan", "sequential", "chunked_scan"), default=None)
     p.add_argument("--kernel", choices=("fwd", "bwd"), default="fwd")
-    p.add_argument("--block-d", type=int, default=32)
-    p.add_argument("--block-l", type=int, default=16)
+    p.add_argument("--block-d", type=int, default=None)
+    p.add_argument("--block-l", type=int, default=None)
     p.add_argument("--dstate", type=int, default=16)
-    p.add_argument("--num-warps", type=int, default=4)
+    p.add_argument("--num-warps", type=int, default=None)
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    counts = opcode_counts(compile_cubin(args.preset, args.kernel, args.block_d, args.block_l, args.dstate, args.num_warps))
-    elements = args.block_d * args.dstate * args.block_l / (32 * args.num_warps)
+    from scancc import ir
+    from scancc.backends.diagonal import DiagonalPlan
+    from scancc.backends.triton import TritonBackend, tile_sizes
+
+    program = getattr(ir, args.preset)()
+    schedule = TritonBackend().default_schedule(program)
+    if args.algorithm is not None and args.algorithm != schedule.algorithm:
+        schedule = schedule.replace(algorithm=args.algorithm, block_n=None)
+    tiles = tile_sizes(DiagonalPlan.of(program), schedule, 5120, args.dstate, 5120, 4)
+    fwd = args.kernel == "fwd"
+    block_d = args.block_d or (tiles.block_d if fwd else tiles.bwd_block_d)
+    block_l = args.block_l or (tiles.block_l if fwd else tiles.bwd_block_l)
+    num_warps = args.num_warps or (schedule.num_warps if fwd else tiles.bwd_num_warps)
+    counts = opcode_counts(compile_cubin(args.preset, schedule.algorithm, args.kernel, block_d, block_l, args.dstate,
+                                         num_warps))
+    bodies = 2 if fwd and tiles.unrolled else 1
+    elements = bodies * block_d * args.dstate * block_l / (32 * num_warps)
     total = sum(counts.values())
-    print(f"{args.preset} {args.kernel}, sm_90, BLOCK_D {args.block_d} BLOCK_N {args.dstate} BLOCK_L {args.block_l}, "
-          f"{args.num_warps} warps: {elements:g} state elements per thread per tile")
+    print(f"{args.preset} {args.kernel} ({schedule.algorithm if fwd else 'chunked scan'}), sm_90, BLOCK_D {block_d} "
+          f"BLOCK_N {args.dstate} BLOCK_L {block_l}, {num_warps} warps: {elements / bodies:g} state elements per "
+          f"thread per tile{', two tile bodies' if bodies == 2 else ''}")
     print(f"  all instructions  {total:6d}  {total / elements:6.2f} per element")
     shown = [op for op, _ in counts.most_common(12)]
     shown += [op for op in KEY_OPCODES if op in counts and op not in shown]

@@ -34,8 +34,13 @@ DEFAULT_BLOCK_L_SCALAR = 2048  # plain scans (one value of state per channel)
 DEFAULT_BLOCK_D_VECTOR = 8     # channels per program when the state has an n axis (chunked_scan)
 DEFAULT_BLOCK_D_SEQUENTIAL = 32  # ... (sequential)
 DEFAULT_BLOCK_L_SEQUENTIAL = 16  # steps whose inputs the sequential forward loads at once
+DEFAULT_BLOCK_D_UNROLLED = 32   # ... (unrolled_scan: one warp's lanes along channels)
+DEFAULT_BLOCK_L_UNROLLED = 32   # time-major tile rows: each thread scans this many steps
+DEFAULT_UNROLL = 16            # state entries unrolled_scan unrolls unless the schedule's block_n says more
+MAX_UNROLL = 64
 DEFAULT_WARPS_SCALAR = 4
 DEFAULT_WARPS_VECTOR = 2
+DEFAULT_WARPS_UNROLLED = 1
 BWD_WARPS_VECTOR = 1           # the backward of programs with a state axis
 FWD_TILE_ELEMENTS = 512        # forward tiles of programs with a state axis (8 × 16 × 4 for N = 16)
 BWD_TILE_ELEMENTS = 1024       # backward tiles keep about ten tiles live: smaller
@@ -97,11 +102,20 @@ class TritonBackend:
         reason = unsupported_reason(program)
         if reason is not None:
             return reason
-        if schedule.algorithm not in ("chunked_scan", "sequential"):
-            return ("the Triton diagonal kernels implement algorithms 'chunked_scan' and 'sequential', "
-                    f"not {schedule.algorithm!r}")
-        if schedule.block_n is not None:
-            return "the diagonal kernels keep the whole state of a channel in one program: leave block_n unset"
+        if schedule.algorithm not in ("chunked_scan", "sequential", "unrolled_scan"):
+            return ("the Triton diagonal kernels implement algorithms 'chunked_scan', 'sequential' and "
+                    f"'unrolled_scan', not {schedule.algorithm!r}")
+        if schedule.algorithm == "unrolled_scan":
+            plan = DiagonalPlan.of(program)
+            if not plan.has_dstate:
+                return "unrolled_scan unrolls a state axis; a plain scan (no dstate) runs chunked_scan"
+            if program.readout.kind == "state":
+                return "unrolled_scan sums the readout over the state; a state read whole runs sequential"
+            if schedule.block_n is not None and schedule.block_n > MAX_UNROLL:
+                return f"unrolled_scan unrolls at most {MAX_UNROLL} state entries, got block_n={schedule.block_n}"
+        elif schedule.block_n is not None:
+            return ("the chunked_scan and sequential kernels keep the whole state of a channel in one program: "
+                    "leave block_n unset")
         return None
 
     def supports(self, program: Program, schedule: Schedule) -> bool:
@@ -124,6 +138,8 @@ class TritonBackend:
         if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
             return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L_SCALAR, block_d=1,
                             num_warps=DEFAULT_WARPS_SCALAR)
+        if unsupported_reason(program) is None and program.readout.kind != "state":
+            return Schedule(algorithm="unrolled_scan", num_warps=DEFAULT_WARPS_UNROLLED)
         return Schedule(algorithm="sequential", num_warps=DEFAULT_WARPS_VECTOR)
 
     def lower(self, program: Program, schedule: Schedule) -> str:
@@ -145,6 +161,11 @@ class TritonBackend:
         return TritonScan(program, schedule, source, module)
 
 
+def unroll_count(schedule: Schedule) -> int:
+    """State entries an ``unrolled_scan`` forward unrolls: the schedule's ``block_n``, else 16."""
+    return schedule.block_n or DEFAULT_UNROLL
+
+
 def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
     """The variables ``diagonal.py.j2`` branches on, and its broadcasting suffixes."""
     p = plan.program
@@ -158,6 +179,9 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
     # ... and into the state of one step [BLOCK_D, BLOCK_N] ([BLOCK_D]), for the sequential forward.
     step_bc = dict(DL="[:, None]" if nd else "", DN="", NL="[None, :]", D1="[:, None]" if nd else "",
                    TILE="(BLOCK_D, BLOCK_N)" if nd else "(BLOCK_D,)")
+    # ... and into one state entry's time-major tile [BLOCK_L, BLOCK_D] (unrolled_scan), where a
+    # (d, n) value is entry n's [BLOCK_D] column and an (n, t) value its [BLOCK_L] row.
+    lane_bc = dict(DL="", DN="[None, :]", NL="[:, None]", D1="[None, :]", TILE="(BLOCK_L, BLOCK_D)")
     return dict(
         p=p, plan=plan, name=p.name, layout_doc=_layout_doc(plan), cplx=cplx, nd=nd, x=plan.x, step=plan.step,
         decay=plan.decay, exp_param=p.decay.param,
@@ -168,7 +192,8 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
         out_complex=cplx and p.readout.kind == "state",
         grads=[f"d{op.name}" for op in plan.operands],
         sequential=schedule.algorithm == "sequential",
-        tile_bc=tile_bc, step_bc=step_bc, **tile_bc,
+        unrolled=schedule.algorithm == "unrolled_scan", unroll=unroll_count(schedule),
+        tile_bc=tile_bc, step_bc=step_bc, lane_bc=lane_bc, **tile_bc,
         STATE_SHAPE="[BLOCK_D, BLOCK_N]" if nd else "[BLOCK_D]",
         T="[None, None, :]" if nd else "[None, :]",   # a (t,) mask into the tile
         ST="[:, :, None]" if nd else "[:, None]",     # the carried state into the tile
@@ -206,6 +231,8 @@ class TritonScan(DiagonalScanHost):
     def __init__(self, program: Program, schedule: Schedule, source: str, module: Any) -> None:
         super().__init__(program, schedule, source)
         self._fwd = getattr(module, f"{program.name}_fwd_kernel")
+        # unrolled_scan's forward for states wider than it unrolls (the sequential one)
+        self._fwd_wide = getattr(module, f"{program.name}_fwd_wide_kernel", None)
         self._bwd = getattr(module, f"{program.name}_bwd_kernel")
 
     # -- binding (see DiagonalScanHost) ---------------------------------------------------------
@@ -264,11 +291,12 @@ class TritonScan(DiagonalScanHost):
 
     def _launch_forward(self, b: Binding, io: ForwardBuffers) -> None:
         args = self._operand_args(b)
-        args += [io.out_arg, io.h0, io.ht, io.ckpt, b.cu_seqlens] + self._sizes(b)
+        args += [io.out_arg, io.h0, io.ht, io.ckpt, b.cu_seqlens, 1] + self._sizes(b)  # 1: stride_t
         args += self._flags(b)
         args += [io.h0 is not None, io.ht is not None, io.ckpt is not None, b.cu_seqlens is not None]
         t: Tiles = b.geometry
-        self._launch(self._fwd, b, args, t.block_d, t.block_l, t.ckpt_every, self.schedule.num_warps)
+        kernel = self._fwd if t.unrolled or self._fwd_wide is None else self._fwd_wide
+        self._launch(kernel, b, args, t.block_d, t.block_l, t.ckpt_every, self.schedule.num_warps)
 
     def _launch_backward(self, b: Binding, ckpt: torch.Tensor, io: BackwardBuffers) -> None:
         args = self._operand_args(b)
@@ -294,6 +322,7 @@ class Tiles:
     ckpt_every: int
     bwd_block_d: int
     bwd_num_warps: int
+    unrolled: bool = False  # the forward is unrolled_scan's (else chunked_scan's or the sequential one)
 
     @property
     def bwd_block_l(self) -> int:
@@ -304,21 +333,29 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
                num_seqs: int) -> Tiles:
     """Block sizes for a launch.
 
-    BLOCK_N covers the whole state (next power of two ≥ dstate). BLOCK_D is the largest
-    power of two ≤ the schedule's dividing the channels of a group, so that one program's
-    channels share their B/C tile; by default 1 for plain scans, else 32 (sequential) or 8
-    (chunked_scan), halved while the launch would have fewer than ``MIN_WARPS`` warps (long
-    single sequences). BLOCK_L is the schedule's, else 2048 for plain scans, 16 for the
-    sequential forward and about ``FWD_TILE_ELEMENTS`` values per chunked_scan tile.
+    BLOCK_N covers the whole state (next power of two ≥ dstate). ``unrolled_scan`` with a
+    state wider than it unrolls runs the sequential forward, with that one's tiles. BLOCK_D is
+    the largest power of two ≤ the schedule's dividing the channels of a group, so that one
+    program's channels share their B/C tile; by default 1 for plain scans, else 32 (sequential,
+    unrolled_scan) or 8 (chunked_scan), halved while the launch would have fewer than
+    ``MIN_WARPS`` warps (long single sequences). BLOCK_L is the schedule's, else 2048 for plain
+    scans, 16 for the sequential forward, 32 for unrolled_scan and about ``FWD_TILE_ELEMENTS``
+    values per chunked_scan tile.
     Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
     ``num_seqs·dim·dstate·seqlen / (BLOCK_L·ckpt_every)`` floats); the backward's tiles
     span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values, on one warp when
     the state has an n axis.
     """
     cplx = 2 if plan.complex else 1
-    sequential = schedule.algorithm == "sequential"
+    unrolled = schedule.algorithm == "unrolled_scan" and dstate <= unroll_count(schedule)
+    sequential = schedule.algorithm == "sequential" or (schedule.algorithm == "unrolled_scan" and not unrolled)
     block_n = _next_pow2(dstate) if plan.has_dstate else 1
-    default_d = (DEFAULT_BLOCK_D_SEQUENTIAL if sequential else DEFAULT_BLOCK_D_VECTOR) if plan.has_dstate else 1
+    if not plan.has_dstate:
+        default_d = 1
+    elif unrolled:
+        default_d = DEFAULT_BLOCK_D_UNROLLED
+    else:
+        default_d = DEFAULT_BLOCK_D_SEQUENTIAL if sequential else DEFAULT_BLOCK_D_VECTOR
     want_d = schedule.block_d or default_d
     block_d = 1
     while block_d * 2 <= want_d and chans_per_group % (block_d * 2) == 0:
@@ -330,6 +367,8 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
         block_l = schedule.block_l
     elif not plan.has_dstate:
         block_l = DEFAULT_BLOCK_L_SCALAR
+    elif unrolled:
+        block_l = DEFAULT_BLOCK_L_UNROLLED
     elif sequential:
         block_l = DEFAULT_BLOCK_L_SEQUENTIAL
     else:
@@ -340,4 +379,4 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
         bwd_block_d //= 2
     # the backward's tiles of a state axis (about BWD_TILE_ELEMENTS values) ran fastest on one warp
     bwd_num_warps = BWD_WARPS_VECTOR if plan.has_dstate else schedule.num_warps
-    return Tiles(block_d, block_n, block_l, ckpt_every, bwd_block_d, bwd_num_warps)
+    return Tiles(block_d, block_n, block_l, ckpt_every, bwd_block_d, bwd_num_warps, unrolled)

@@ -5,8 +5,9 @@ Importing this module registers one provider for ``"triton"`` with
 Triton space. The provider answers for each half of the backend:
 
 - diagonal family (:mod:`scancc.backends.triton`): with a state axis (``dstate``, Mamba-1)
-  the forward's algorithm (``sequential`` / ``chunked_scan``), ``block_d`` channels per
-  program, ``block_l`` steps per tile and ``num_warps``; plain scans: ``block_l``,
+  the forward's algorithm (``unrolled_scan`` / ``sequential`` / ``chunked_scan``), ``block_d``
+  channels per program, ``block_l`` steps per tile, ``num_warps`` and, for states wider than
+  ``unrolled_scan`` unrolls by default, its ``block_n``; plain scans: ``block_l``,
   ``block_d``, ``num_warps``, ``num_stages`` of the chunked scan;
 - SSD (:mod:`scancc.backends.triton_ssd`): ``chunk``, ``block_l`` (row tile), ``block_d``
   (headdim tile), ``num_warps``, ``num_stages`` (Mamba-3 programs, lowered by
@@ -34,7 +35,7 @@ from ..autotune.space import Constraint, SearchSpace, register_space
 from ..ir import Program, Schedule
 from . import triton_ssd, triton_step
 from .diagonal import DiagonalPlan, unsupported_reason
-from .triton import tile_sizes
+from .triton import DEFAULT_UNROLL, tile_sizes, unroll_count
 
 SPILL_FACTOR = 1.5
 """A tile may want up to this many times the per-thread register limit before it is pruned:
@@ -75,7 +76,11 @@ def _diag_values(s: Schedule, p: Problem) -> float:
     times (decays, inputs, scanned states). Twice that for complex states."""
     t = _diag_tiles(s, p)
     cplx = 2 if p.program.state.complex else 1
-    if s.algorithm == "sequential":
+    if t.unrolled:
+        # one entry at a time: its decay, input and scanned tiles, Δ, x, Δ·x and y [BLOCK_L, BLOCK_D];
+        # every entry's carried state and parameter [BLOCK_D]
+        return cplx * (6 * t.block_l * t.block_d + 2 * t.block_n * t.block_d)
+    if s.algorithm != "chunked_scan":
         return cplx * (2 * t.block_d * t.block_n + 4 * t.block_d * t.block_l)
     return cplx * 3 * t.block_d * t.block_n * t.block_l
 
@@ -89,6 +94,15 @@ def _diag_smem(s: Schedule, p: Problem) -> int:
     return (s.num_stages - 1) * t.block_l * (seq * t.block_d + bc * t.block_n) * p.itemsize
 
 
+def _diag_work(s: Schedule, p: Problem) -> int:
+    """Values per forward tile that threads can split: the sequential forward's state, the
+    time-major tile of unrolled_scan, the whole [BLOCK_D, BLOCK_N, BLOCK_L] tile of chunked_scan."""
+    t = _diag_tiles(s, p)
+    if t.unrolled:
+        return t.block_d * t.block_l
+    return t.block_d * t.block_n * (1 if s.algorithm != "chunked_scan" else t.block_l)
+
+
 DIAGONAL_CONSTRAINTS = (
     Constraint("block_d_divides_channels",
                lambda s, p, d: s.block_d is None or (p["dim"] // p.get("groups", 1)) % s.block_d == 0),
@@ -96,9 +110,13 @@ DIAGONAL_CONSTRAINTS = (
                lambda s, p, d: s.block_l is None or s.block_l <= max(16, _next_pow2(p.seqlen))),
     Constraint("stages_need_several_tiles",
                lambda s, p, d: s.num_stages == 1 or p.seqlen > _diag_tiles(s, p).block_l),
-    Constraint("threads_have_work", lambda s, p, d: _threads(s) <= max(
-        32, _diag_tiles(s, p).block_d * _diag_tiles(s, p).block_n
-        * (1 if s.algorithm == "sequential" else _diag_tiles(s, p).block_l))),
+    Constraint("threads_have_work", lambda s, p, d: _threads(s) <= max(32, _diag_work(s, p))),
+    # block_n is unrolled_scan's alone, and only the smallest unroll that covers dstate is distinct
+    # (a smaller one runs the sequential forward, a larger one the same code)
+    Constraint("block_n_is_unrolled_scans", lambda s, p, d: s.block_n is None or s.algorithm == "unrolled_scan"),
+    Constraint("unroll_covers_state",
+               lambda s, p, d: s.algorithm != "unrolled_scan" or p.get("dstate", 1) <= unroll_count(s)),
+    Constraint("unroll_is_smallest", lambda s, p, d: s.block_n is None or s.block_n // 2 < p.get("dstate", 1)),
     Constraint("fits_registers", lambda s, p, d: _fits_regs(_diag_values(s, p), s, d)),
     Constraint("fits_shared_memory", lambda s, p, d: _diag_smem(s, p) <= d.smem_per_block),
     THREADS_PER_BLOCK,
@@ -112,9 +130,10 @@ def diagonal_space(program: Program, default: Schedule) -> Optional[SearchSpace]
         return None
     if DiagonalPlan.of(program).has_dstate:
         params = {
-            "algorithm": ("sequential", "chunked_scan"),
-            "block_d": (1, 2, 4, 8, 16, 32, 64),
+            "algorithm": ("unrolled_scan", "sequential", "chunked_scan"),
+            "block_d": (1, 2, 4, 8, 16, 32, 64, 128),
             "block_l": (4, 8, 16, 32, 64),
+            "block_n": (None, 2 * DEFAULT_UNROLL, 4 * DEFAULT_UNROLL),
             "num_warps": (1, 2, 4, 8),
         }
     else:

@@ -12,6 +12,7 @@ from .names import IRValidationError, check_choice
 ALGORITHMS = (
     "chunked_scan",  # tiles of block_l steps, associative scan inside, state carried between tiles
     "sequential",    # one step at a time (reference / decode-like schedules)
+    "unrolled_scan",  # time-major tiles, the state axis unrolled (block_n entries), scans inside threads
     "ssd_chunked",   # SSD/Mamba-3 chunked matrix form (intra-chunk matmuls + state passing)
     "fft_conv",      # LTI as a long convolution via FFT
     "step",          # single-token decode update
@@ -30,7 +31,8 @@ class Schedule:
     """Tiling and launch parameters for one kernel.
 
     ``block_l``: time steps per tile; ``block_d``: channels (or head-dim rows) per program;
-    ``block_n``: state entries per program; ``chunk``: SSD chunk length; ``num_warps``,
+    ``block_n``: state entries per program (``unrolled_scan``: the most entries unrolled);
+    ``chunk``: SSD chunk length; ``num_warps``,
     ``num_stages``: launch parameters. ``None`` means the backend's default.
     """
 

@@ -29,7 +29,7 @@ from autotune_fakes import FakeBackend
 H100 = DeviceLimits(name="NVIDIA H100 80GB HBM3", capability=(9, 0), sm_count=132, smem_per_block=227 * 1024,
                     regs_per_sm=65536, l2_bytes=50 * 1024 * 1024)
 ANCHORS = [  # the benchmarks' shapes
-    (ir.selective(), "mamba1", "bf16", {"algorithm", "block_d", "block_l", "num_warps"}),
+    (ir.selective(), "mamba1", "bf16", {"algorithm", "block_d", "block_l", "block_n", "num_warps"}),
     (ir.linear(), "scan", "fp32", {"block_l", "block_d", "num_warps", "num_stages"}),
     (ir.ssd(gate=False), "mamba2", "bf16", {"chunk", "block_l", "block_d", "num_warps", "num_stages"}),
     (ir.ssd(gate=False).as_step(), "mamba2-decode", "bf16", {"block_d", "num_warps"}),
@@ -73,6 +73,22 @@ def test_diagonal_constraints_see_the_launch_tiles() -> None:
         Schedule(algorithm="chunked_scan", block_d=64, block_l=64, num_warps=1), problem, H100)
     assert "fits_registers" not in space.violations(
         Schedule(algorithm="chunked_scan", block_d=64, block_l=64, num_warps=1), problem, DeviceLimits.cpu())
+
+
+def test_unrolled_scan_points_cover_the_state_once() -> None:
+    """unrolled_scan's block_n must cover dstate (else the sequential forward would run, a point
+    timed twice), only its smallest cover is searched, and other algorithms take no block_n."""
+    program = ir.selective()
+    wide = Problem.make(program, {"batch": 2, "dim": 64, "dstate": 32, "seqlen": 256}, "bf16")
+    space = space_for(program, "triton")
+    unrolled = Schedule(algorithm="unrolled_scan", num_warps=1)
+    assert space.violations(unrolled, wide, H100) == ["unroll_covers_state"]
+    assert space.violations(unrolled.replace(block_n=32), wide, H100) == []
+    assert space.violations(unrolled.replace(block_n=64), wide, H100) == ["unroll_is_smallest"]
+    assert "block_n_is_unrolled_scans" in space.violations(Schedule(algorithm="sequential", block_n=32), wide, H100)
+    feasible = space.prune(wide, H100).feasible
+    assert {s.block_n for s in feasible if s.algorithm == "unrolled_scan"} == {32}
+    assert {s.algorithm for s in feasible} == {"unrolled_scan", "sequential", "chunked_scan"}
 
 
 def test_ssd_space_prunes_by_chunk_shared_memory_and_pins() -> None:

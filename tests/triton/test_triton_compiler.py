@@ -62,10 +62,14 @@ def test_programs_the_backend_cannot_lower_are_refused(program: ir.Program) -> N
 
 
 def test_schedules_the_kernels_cannot_run_are_refused() -> None:
-    with pytest.raises(ValueError, match="'chunked_scan' and 'sequential'"):
+    with pytest.raises(ValueError, match="'chunked_scan', 'sequential' and 'unrolled_scan'"):
         compiler.compile(ir.linear(), schedule=Schedule(algorithm="fft_conv"))
     with pytest.raises(ValueError, match="block_n"):
         compiler.compile(ir.selective(), schedule=Schedule(block_n=8))
+    with pytest.raises(ValueError, match="unrolls at most 64 state entries, got block_n=128"):
+        compiler.compile(ir.selective(), schedule=Schedule(algorithm="unrolled_scan", block_n=128))
+    with pytest.raises(ValueError, match="plain scan"):
+        compiler.compile(ir.linear(), schedule=Schedule(algorithm="unrolled_scan"))
 
 
 def test_registry_is_lazy_and_named() -> None:
@@ -115,11 +119,21 @@ def test_default_schedules() -> None:
     backend = TritonBackend()
     plain = backend.default_schedule(ir.linear())
     assert plain.algorithm == "chunked_scan" and plain.block_l == 2048 and plain.block_d == 1
-    sel = backend.default_schedule(ir.selective())
-    assert sel.algorithm == "sequential" and sel.block_l is None and sel.block_d is None and sel.num_warps == 2
+    default = backend.default_schedule(ir.selective())
+    assert default == Schedule(algorithm="unrolled_scan", num_warps=1)
+    plan = DiagonalPlan.of(ir.selective())
+    # unrolled_scan: one warp's lanes along 32 channels, tiles of 32 steps, checkpoints every 64
+    unrolled = tile_sizes(plan, default, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
+    assert unrolled == Tiles(block_d=32, block_n=16, block_l=32, ckpt_every=2, bwd_block_d=1, bwd_num_warps=1,
+                             unrolled=True)
+    # a state wider than the 16 entries unrolled by default runs the sequential forward's tiles
+    wide = tile_sizes(plan, default, dim=5120, dstate=32, chans_per_group=5120, num_seqs=4)
+    assert not wide.unrolled and (wide.block_l, wide.ckpt_every) == (16, 4)
+    assert tile_sizes(plan, default.replace(block_n=32), dim=5120, dstate=32, chans_per_group=5120,
+                      num_seqs=4).unrolled
+    sel = Schedule(algorithm="sequential", num_warps=2)
     # tiles sized from dstate at launch; channels per program divide the channels of a group;
     # checkpoints (and backward tiles) every 64 steps
-    plan = DiagonalPlan.of(ir.selective())
     mamba = tile_sizes(plan, sel, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
     assert mamba == Tiles(block_d=32, block_n=16, block_l=16, ckpt_every=4, bwd_block_d=1, bwd_num_warps=1)
     assert mamba.bwd_block_l == 64

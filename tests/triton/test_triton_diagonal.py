@@ -19,7 +19,9 @@ DTYPES = st.sampled_from([torch.float32, torch.float32, torch.bfloat16, torch.fl
 SEQLEN = st.one_of(st.integers(1, 70), st.sampled_from([1, 16, 17, 32, 33]))
 BLOCK_L = st.sampled_from([4, 8, 16, 32])
 CHECKPOINTS = st.sampled_from([1, 16, 32, 64])  # steps between checkpoints: backward tiles of 4–64 steps
-ALGORITHMS = st.sampled_from(["chunked_scan", "sequential"])  # the forward's; the backward is one kernel
+PLAIN_ALGORITHMS = st.sampled_from(["chunked_scan", "sequential"])  # the forward's; the backward is one kernel
+ALGORITHMS = st.sampled_from(["chunked_scan", "sequential", "unrolled_scan", "unrolled_scan"])  # with a state axis
+UNROLL = st.sampled_from([None, None, 2, 4])  # unrolled_scan's block_n: below dstate it runs the wide forward
 
 
 @st.composite
@@ -34,7 +36,7 @@ def selective_cases(draw: st.DrawFn, *, max_seqlen: int = 70) -> Case:
                 seqlen=min(draw(SEQLEN), max_seqlen), groups=groups, dtype=draw(DTYPES), block_l=draw(BLOCK_L),
                 block_d=draw(st.sampled_from([None, 1, 2, 4])), initial_state=draw(st.booleans()),
                 final_state=draw(st.booleans()), drop=drop, checkpoint_steps=draw(CHECKPOINTS),
-                algorithm=draw(ALGORITHMS), seed=draw(st.integers(0, 2**16)))
+                algorithm=draw(ALGORITHMS), block_n=draw(UNROLL), seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
@@ -43,7 +45,8 @@ def linear_cases(draw: st.DrawFn) -> Case:
     return Case(program, batch=draw(st.integers(1, 2)), dim=draw(st.integers(1, 8)), seqlen=draw(SEQLEN),
                 dtype=draw(DTYPES), block_l=draw(BLOCK_L), block_d=draw(st.sampled_from([None, 1, 2, 4])),
                 initial_state=draw(st.booleans()), final_state=draw(st.booleans()),
-                checkpoint_steps=draw(CHECKPOINTS), algorithm=draw(ALGORITHMS), seed=draw(st.integers(0, 2**16)))
+                checkpoint_steps=draw(CHECKPOINTS), algorithm=draw(PLAIN_ALGORITHMS),
+                seed=draw(st.integers(0, 2**16)))
 
 
 @st.composite
@@ -54,7 +57,7 @@ def lti_cases(draw: st.DrawFn) -> Case:
                 dstate=draw(st.sampled_from([1, 2, 4, 8])), seqlen=draw(SEQLEN), dtype=draw(DTYPES),
                 block_l=draw(BLOCK_L), initial_state=draw(st.booleans()), final_state=draw(st.booleans()),
                 drop=drop, checkpoint_steps=draw(CHECKPOINTS), algorithm=draw(ALGORITHMS),
-                seed=draw(st.integers(0, 2**16)))
+                block_n=draw(UNROLL), seed=draw(st.integers(0, 2**16)))
 
 
 # -- forward -------------------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def test_lti_backward(case: Case) -> None:
     check_backward(case, grad_final=case.final_state)
 
 
-@pytest.mark.parametrize("algorithm", ["chunked_scan", "sequential"])
+@pytest.mark.parametrize("algorithm", ["chunked_scan", "sequential", "unrolled_scan"])
 @pytest.mark.parametrize("flags", [
     dict(complex=c, varying_B=vb, varying_C=vc)
     for c in (False, True) for vb in (False, True) for vc in (False, True)
@@ -126,8 +129,10 @@ VARLEN_PROGRAMS = {"linear": ir.linear(), "rglru_c": ir.linear(complex=True, sca
                    "selective": ir.selective(), "selective_c": ir.selective(complex=True), "lru": ir.lru()}
 
 
-@pytest.mark.parametrize("algorithm", ["chunked_scan", "sequential"])
-@pytest.mark.parametrize("name", sorted(VARLEN_PROGRAMS))
+@pytest.mark.parametrize("name, algorithm", [
+    (name, algorithm) for name in sorted(VARLEN_PROGRAMS) for algorithm in ("chunked_scan", "sequential", "unrolled_scan")
+    if algorithm != "unrolled_scan" or name not in ("linear", "rglru_c")  # plain scans have no state axis to unroll
+])
 def test_varlen_matches_oracle(name: str, algorithm: str) -> None:
     """cu_seqlens: sequences of length 1, exactly one tile, several tiles, packed in one row."""
     case = Case(VARLEN_PROGRAMS[name], batch=1, dim=3, dstate=4, seqlen=50, block_l=4,

@@ -72,6 +72,7 @@ class Case:
     block_l: Optional[int] = 16  # None (with block_d None): the backend's default schedule
     block_d: Optional[int] = None
     algorithm: Optional[str] = None  # None: the backend's default for the program
+    block_n: Optional[int] = None  # unrolled_scan's unroll count (a smaller one than dstate: its wide forward)
     initial_state: bool = True
     final_state: bool = True
     cu_seqlens: Optional[list[int]] = None
@@ -103,6 +104,8 @@ class Case:
         schedule = TritonBackend().default_schedule(self.program)
         if self.algorithm is not None:
             schedule = schedule.replace(algorithm=self.algorithm)
+        if schedule.algorithm == "unrolled_scan" and self.block_n is not None:
+            schedule = schedule.replace(block_n=self.block_n)
         if self.block_l is None and self.block_d is None:
             return schedule
         return schedule.replace(block_l=self.block_l, block_d=self.block_d)
