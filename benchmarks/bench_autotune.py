@@ -106,9 +106,9 @@ SMOKE_SHAPES: dict[str, Shape] = {  # the plain scan is left out: its 2048-step 
 
 # The reduced grids the exhaustive phase tries (candidate values replacing the full space's;
 # the fields not named keep all their values). The full pruned spaces, for the record:
-# selective 196 points, scan 119, ssd 89 (chunk pinned), decode 24, decode1 23 (H100 limits).
+# selective 320 points, scan 119, ssd 89 (chunk pinned), decode 24, decode1 23 (H100 limits).
 EXHAUSTIVE: dict[str, dict[str, tuple[Any, ...]]] = {
-    "selective": {"block_d": (8, 16, 32), "block_l": (8, 16), "num_warps": (1, 2, 4)},
+    "selective": {"block_d": (8, 16, 32), "block_l": (8, 16, 32), "num_warps": (1, 2, 4)},
     "scan": {"block_l": (1024, 2048, 4096), "block_d": (1, 2), "num_warps": (2, 4, 8)},
     "ssd": {"block_l": (32, 64), "block_d": (32, 64), "num_warps": (4, 8), "num_stages": (1, 2)},
     "decode": {},

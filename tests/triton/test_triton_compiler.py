@@ -122,10 +122,16 @@ def test_default_schedules() -> None:
     default = backend.default_schedule(ir.selective())
     assert default == Schedule(algorithm="unrolled_scan", num_warps=1)
     plan = DiagonalPlan.of(ir.selective())
-    # unrolled_scan: one warp's lanes along 32 channels, tiles of 32 steps, checkpoints every 64
+    # unrolled_scan: one warp's lanes along 32 channels, tiles of 32 steps, and its backward on the
+    # same channels over one checkpoint interval of 32 steps
     unrolled = tile_sizes(plan, default, dim=5120, dstate=16, chans_per_group=5120, num_seqs=4)
-    assert unrolled == Tiles(block_d=32, block_n=16, block_l=32, ckpt_every=2, bwd_block_d=1, bwd_num_warps=1,
-                             unrolled=True)
+    assert unrolled == Tiles(block_d=32, block_n=16, block_l=32, ckpt_every=1, bwd_block_d=32, bwd_num_warps=1,
+                             unrolled=True, bwd_unrolled=True)
+    assert tile_sizes(plan, default.replace(block_l=8), dim=5120, dstate=16, chans_per_group=5120,
+                      num_seqs=4).bwd_block_l == 32
+    # LTI (a fixed decay) has an unrolled forward and keeps the chunked backward, every 64 steps
+    lti = tile_sizes(DiagonalPlan.of(ir.lti()), default, dim=64, dstate=16, chans_per_group=64, num_seqs=4)
+    assert lti.unrolled and not lti.bwd_unrolled and lti.bwd_block_l == 64
     # a state wider than the 16 entries unrolled by default runs the sequential forward's tiles
     wide = tile_sizes(plan, default, dim=5120, dstate=32, chans_per_group=5120, num_seqs=4)
     assert not wide.unrolled and (wide.block_l, wide.ckpt_every) == (16, 4)

@@ -70,6 +70,18 @@ def test_backward_long_sequence(program: ir.Program) -> None:
     check_backward(case)
 
 
+@pytest.mark.parametrize("algorithm", ["unrolled_scan", "sequential", "chunked_scan"])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_forward_algorithms_at_full_tile_width(algorithm: str, complex_: bool) -> None:
+    """Every forward algorithm (and the backward that goes with it) at its default tiles: 64
+    channels per group, so unrolled_scan's lanes are all busy and its dB/dC sums cross lanes
+    and programs (atomically); L = 1000 ends inside a tile."""
+    case = Case(ir.selective(complex=complex_), batch=2, dim=128, dstate=16, seqlen=1000, groups=2, block_l=None,
+                algorithm=algorithm)
+    check_forward(case)
+    check_backward(case)
+
+
 def test_varlen_many_sequences() -> None:
     lengths = [1, 63, 64, 65, 300, 7, 1000]
     cu = np.concatenate([[0], np.cumsum(lengths)]).tolist()
