@@ -2,8 +2,10 @@
 
 Shapes (mamba-ssm layout, ``B``/``C`` shared by all channels: ``(batch, 1, N, L)``):
 B4 D5120 N16 L4096, B8 D1536 N16 L4096 and B1 D5120 N16 L65536; forward and
-forward+backward. scancc's ``selective_scan_fn`` (``scancc``: the default backend; ``scancc
-cuda``: the CUDA backend, chunked forward and sequential backward) against mamba-ssm's pure-PyTorch
+forward+backward. scancc's ``selective_scan_fn`` (``scancc``: the default backend and schedule;
+``scancc sequential``: the Triton kernels under the ``sequential`` schedule, the default before
+``unrolled_scan``; ``scancc cuda``: the CUDA backend, chunked forward and sequential backward)
+against mamba-ssm's pure-PyTorch
 ``selective_scan_ref`` (where it fits in memory) and, as quoted rows, mamba-ssm's CUDA
 kernel and the floors from ``/work/shared/anchors.md`` (its CUDA extension is not built here).
 
@@ -28,7 +30,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-IMPLS = ("scancc", "scancc cuda", "mamba_ssm selective_scan_ref")
+IMPLS = ("scancc", "scancc sequential", "scancc cuda", "mamba_ssm selective_scan_ref")
 MODES = ("fwd", "fwd+bwd")
 FULL_SHAPES = [(4, 5120, 16, 4096), (8, 1536, 16, 4096), (1, 5120, 16, 65536)]
 SMOKE_SHAPES = [(1, 8, 4, 64)]
@@ -77,12 +79,33 @@ def _scancc_cuda(op: str, device: str) -> Callable[..., Any]:
     return functools.partial(getattr(scancc.ops, op), backend="cuda")
 
 
+def _scancc_schedule(schedule: Any) -> Callable[..., Any]:
+    """Mamba-1 through ``scancc.ops.run_program`` (the same custom op ``selective_scan_fn`` runs)
+    on the Triton backend, pinned to ``schedule``; the benchmark's arguments only."""
+    from scancc.ir import selective
+    from scancc.ops import run_program
+
+    program_json, schedule_json = selective().to_json(), schedule.to_json()
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+    def fn(*tensors: Any, delta_softplus: bool = True) -> Any:
+        assert delta_softplus
+        out, _ = run_program(program_json, dict(zip(names, tensors)), backend="triton", schedule=schedule_json)
+        return out
+
+    return fn
+
+
 def load_impl(name: str, device: str = "cuda") -> Callable[..., Any]:
     """A function with mamba-ssm's ``selective_scan_fn`` signature."""
     if name == "scancc":
         from scancc.ops import selective_scan_fn
 
         return selective_scan_fn
+    if name == "scancc sequential":
+        from scancc.ir import Schedule
+
+        return _scancc_schedule(Schedule(algorithm="sequential", num_warps=2))
     if name == "scancc cuda":
         return _scancc_cuda("selective_scan_fn", device)
     if name == "mamba_ssm selective_scan_ref":
