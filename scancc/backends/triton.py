@@ -139,7 +139,7 @@ class TritonBackend:
         if unsupported_reason(program) is None and not DiagonalPlan.of(program).has_dstate:
             return Schedule(algorithm="chunked_scan", block_l=DEFAULT_BLOCK_L_SCALAR, block_d=1,
                             num_warps=DEFAULT_WARPS_SCALAR)
-        if unsupported_reason(program) is None and program.readout.kind != "state":
+        if unsupported_reason(program) is None and unrolled_by_default(DiagonalPlan.of(program)):
             return Schedule(algorithm="unrolled_scan", num_warps=DEFAULT_WARPS_UNROLLED)
         return Schedule(algorithm="sequential", num_warps=DEFAULT_WARPS_VECTOR)
 
@@ -162,12 +162,24 @@ class TritonBackend:
         return TritonScan(program, schedule, source, module)
 
 
+def unrolled_by_default(plan: DiagonalPlan) -> bool:
+    """Whether ``unrolled_scan`` is the default forward of ``plan``: programs with a state axis,
+    summed by the readout, except complex states under an exp decay. Their per-element
+    ``cos``/``sin`` (about 200 instructions per state element either way, sm_90) make the unrolled
+    tiles slow to compile: 5 minutes for the complex selective forward at 32-step tiles, against
+    under a minute for the sequential one."""
+    return (plan.has_dstate and plan.program.readout.kind == "contract"
+            and not (plan.complex and plan.decay == "exp"))
+
+
 def unrolled_backward(plan: DiagonalPlan) -> bool:
-    """Whether unrolled_scan's backward covers ``plan``: exp decays with an Euler input (Mamba-1's
-    selective scan, real or complex). Others (LTI's fixed decay, whose gradient needs h_(t−1)
-    itself) keep the chunked backward, which reads the same checkpoints."""
+    """Whether unrolled_scan's backward covers ``plan``: real exp decays with an Euler input
+    (Mamba-1's selective scan). Others keep the chunked backward, which reads the same
+    checkpoints: LTI's fixed decay (its gradient needs h_(t−1) itself) and complex states (the
+    unrolled complex backward took 6 minutes to compile)."""
     p = plan.program
-    return plan.has_dstate and plan.decay == "exp" and p.input.kind == "euler" and p.readout.kind == "contract"
+    return (plan.has_dstate and not plan.complex and plan.decay == "exp" and p.input.kind == "euler"
+            and p.readout.kind == "contract")
 
 
 def unroll_count(schedule: Schedule) -> int:

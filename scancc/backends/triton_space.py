@@ -35,7 +35,7 @@ from ..autotune.space import Constraint, SearchSpace, register_space
 from ..ir import Program, Schedule
 from . import triton_ssd, triton_step
 from .diagonal import DiagonalPlan, unsupported_reason
-from .triton import DEFAULT_UNROLL, tile_sizes, unroll_count
+from .triton import DEFAULT_UNROLL, tile_sizes, unroll_count, unrolled_by_default
 
 SPILL_FACTOR = 1.5
 """A tile may want up to this many times the per-thread register limit before it is pruned:
@@ -114,6 +114,9 @@ DIAGONAL_CONSTRAINTS = (
     # block_n is unrolled_scan's alone, and only the smallest unroll that covers dstate is distinct
     # (a smaller one runs the sequential forward, a larger one the same code)
     Constraint("block_n_is_unrolled_scans", lambda s, p, d: s.block_n is None or s.algorithm == "unrolled_scan"),
+    # complex exp decays: minutes of compilation per unrolled point (see unrolled_by_default)
+    Constraint("unrolled_compiles_quickly", lambda s, p, d: s.algorithm != "unrolled_scan"
+               or unrolled_by_default(DiagonalPlan.of(p.program))),
     Constraint("unroll_covers_state",
                lambda s, p, d: s.algorithm != "unrolled_scan" or p.get("dstate", 1) <= unroll_count(s)),
     Constraint("unroll_is_smallest", lambda s, p, d: s.block_n is None or s.block_n // 2 < p.get("dstate", 1)),

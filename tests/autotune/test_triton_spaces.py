@@ -91,6 +91,15 @@ def test_unrolled_scan_points_cover_the_state_once() -> None:
     assert {s.algorithm for s in feasible} == {"unrolled_scan", "sequential", "chunked_scan"}
 
 
+def test_complex_exp_decays_leave_unrolled_scan_out() -> None:
+    program = ir.selective(complex=True)
+    problem = Problem.make(program, {"batch": 2, "dim": 64, "dstate": 16, "seqlen": 256}, "bf16")
+    space = space_for(program, "triton")
+    assert space.violations(Schedule(algorithm="unrolled_scan", num_warps=1), problem, H100) == [
+        "unrolled_compiles_quickly"]
+    assert "unrolled_scan" not in {s.algorithm for s in space.prune(problem, H100).feasible}
+
+
 def test_ssd_space_prunes_by_chunk_shared_memory_and_pins() -> None:
     program = ir.ssd()
     problem = Problem.make(program, parse_shape("mamba2"), "fp32")

@@ -129,6 +129,12 @@ def test_default_schedules() -> None:
                              unrolled=True, bwd_unrolled=True)
     assert tile_sizes(plan, default.replace(block_l=8), dim=5120, dstate=16, chans_per_group=5120,
                       num_seqs=4).bwd_block_l == 32
+    # complex exp decays keep the sequential forward (cos/sin per element: minutes to compile unrolled)
+    assert backend.default_schedule(ir.selective(complex=True)).algorithm == "sequential"
+    assert backend.default_schedule(ir.lti()).algorithm == "unrolled_scan"
+    complex_unrolled = tile_sizes(DiagonalPlan.of(ir.selective(complex=True)), default, dim=64, dstate=16,
+                                  chans_per_group=64, num_seqs=4)
+    assert complex_unrolled.unrolled and not complex_unrolled.bwd_unrolled
     # LTI (a fixed decay) has an unrolled forward and keeps the chunked backward, every 64 steps
     lti = tile_sizes(DiagonalPlan.of(ir.lti()), default, dim=64, dstate=16, chans_per_group=64, num_seqs=4)
     assert lti.unrolled and not lti.bwd_unrolled and lti.bwd_block_l == 64

@@ -111,6 +111,17 @@ def test_selective_b_c_sources(flags: dict[str, bool], algorithm: str) -> None:
     check_backward(case)
 
 
+@pytest.mark.parametrize("algorithm", ["chunked_scan", "sequential", "unrolled_scan"])
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_selective_with_a_per_channel(complex_: bool, algorithm: str) -> None:
+    """A of shape (dim,) (Decay("exp", "channel")): one decay for every state entry of a channel."""
+    program = ir.selective(complex=complex_).replace(decay=ir.Decay("exp", "channel"), name="selective_channel_a")
+    case = Case(program, batch=2, dim=4, dstate=3, seqlen=37, groups=2, block_l=8, block_d=2,
+                checkpoint_steps=16, algorithm=algorithm)
+    check_forward(case)
+    check_backward(case)
+
+
 def test_only_final_state_gradient() -> None:
     """grad_out None: the gradient flows from the final state alone."""
     case = Case(ir.selective(), dim=2, seqlen=19, block_l=8, checkpoint_steps=8)
