@@ -226,12 +226,16 @@ def test_export_and_runtime_load(tmp_path: Any) -> None:
 def test_modules_are_cached_on_disk() -> None:
     program = DIAGONAL["hgrn"]
     inputs = as32(random_inputs(program, np.random.default_rng(7), batch=1, seqlen=5, dim=2))
-    first = compiled(program).forward(inputs).out
+    backend = TVMBackend()
+    schedule = backend.default_schedule(program)
+    source = backend.lower(program, schedule)
+    # a module another test built in this process (under another cache dir) must not stand in
+    clear_memory_cache()
+    first = backend.build(program, schedule, source).forward(inputs).out
     clear_memory_cache()
     files = list(cache_dir().glob("*.so"))
     assert files, "compiled modules are written to $SCANCC_CACHE_DIR"
-    backend = TVMBackend()
-    fresh = backend.build(program, backend.default_schedule(program), compiled(program).source)
+    fresh = backend.build(program, schedule, source)
     assert torch.equal(fresh.forward(inputs).out, first)
 
 
