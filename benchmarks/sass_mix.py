@@ -14,6 +14,10 @@ layout change across lanes) in the inner loop costs issue slots of the same shar
     python benchmarks/sass_mix.py                                 # the selective scan's default schedule
     python benchmarks/sass_mix.py --algorithm sequential --block-d 32 --block-l 16 --num-warps 2
     python benchmarks/sass_mix.py --kernel bwd --block-d 8 --block-l 64 --num-warps 1   # the backward's tiles
+    python benchmarks/sass_mix.py --set complex=true --algorithm unrolled_scan          # complex A
+
+The compile time printed is Triton's, to sm_90, on this machine; set TRITON_CACHE_DIR to an
+empty directory for a cold compile (a cached kernel compiles in a fraction of a second).
 
 Static counts are a proxy, not a timing: latency, occupancy and memory are not in them.
 """
@@ -27,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,19 +42,19 @@ PER_CHANNEL = {"A", "A_bar", "B_bar", "D", "delta_bias", "h0", "ht", "ckpt", "dh
 
 
 def compile_cubin(preset: str, algorithm: str, kernel: str, block_d: int, block_l: int, dstate: int,
-                  num_warps: int, ckpt_every: int = 1) -> bytes:
-    """The ``kernel`` (``"fwd"``, ``"bwd"`` or ``"bwd_unrolled"``) of ``preset`` under ``algorithm``,
-    compiled for sm_90 at these tiles (no GPU needed)."""
+                  num_warps: int, ckpt_every: int = 1, settings: tuple[str, ...] = ()) -> bytes:
+    """The ``kernel`` (``"fwd"``, ``"bwd"`` or ``"bwd_unrolled"``) of ``preset`` (with ``--set``
+    style ``settings``) under ``algorithm``, compiled for sm_90 at these tiles (no GPU needed)."""
     os.environ.pop("TRITON_INTERPRET", None)
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from scancc import ir
     from scancc.backends.modules import load_source
     from scancc.backends.triton import TritonBackend
+    from scancc.cli import load_program
 
-    program = getattr(ir, preset)()
+    program = load_program(preset, settings)
     backend = TritonBackend()
     source = backend.lower(program, backend.default_schedule(program).replace(algorithm=algorithm))
     fn = getattr(load_source(source, "triton", program.name), f"{program.name}_{kernel}_kernel")
@@ -97,13 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-l", type=int, default=None)
     p.add_argument("--dstate", type=int, default=16)
     p.add_argument("--num-warps", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a preset keyword argument, e.g. --set complex=true (repeatable)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
-    from scancc import ir
     from scancc.backends.diagonal import DiagonalPlan
     from scancc.backends.triton import TritonBackend, tile_sizes
+    from scancc.cli import load_program
 
-    program = getattr(ir, args.preset)()
+    program = load_program(args.preset, args.set)
     schedule = TritonBackend().default_schedule(program)
     if args.algorithm is not None and args.algorithm != schedule.algorithm:
         schedule = schedule.replace(algorithm=args.algorithm, block_n=None)
@@ -116,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_every = tiles.ckpt_every if unrolled_bwd and not args.block_l else 1
     num_warps = args.num_warps or (schedule.num_warps if fwd else tiles.bwd_num_warps)
     kernel = "bwd_unrolled" if unrolled_bwd else args.kernel
-    counts = opcode_counts(compile_cubin(args.preset, schedule.algorithm, kernel, block_d, block_l, args.dstate,
-                                         num_warps, ckpt_every))
+    started = time.perf_counter()
+    cubin = compile_cubin(args.preset, schedule.algorithm, kernel, block_d, block_l, args.dstate, num_warps,
+                          ckpt_every, tuple(args.set))
+    compile_s = time.perf_counter() - started
+    counts = opcode_counts(cubin)
     bodies = 2 if fwd and tiles.unrolled else 1
     steps = block_l * ckpt_every
     elements = bodies * block_d * args.dstate * steps / (32 * num_warps)
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     form = schedule.algorithm if fwd or unrolled_bwd else "chunked scan"
     print(f"{args.preset} {args.kernel} ({form}), sm_90, BLOCK_D {block_d} BLOCK_N {args.dstate} tile of {steps} "
           f"steps, {num_warps} warps: {elements / bodies:g} state elements per thread per tile"
-          f"{', two tile bodies' if bodies == 2 else ''}")
+          f"{', two tile bodies' if bodies == 2 else ''}; compiled in {compile_s:.1f} s")
     print(f"  all instructions  {total:6d}  {total / elements:6.2f} per element")
     shown = [op for op, _ in counts.most_common(12)]
     shown += [op for op in KEY_OPCODES if op in counts and op not in shown]
