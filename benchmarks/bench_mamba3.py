@@ -185,25 +185,6 @@ def decode_error(kwargs: dict[str, Any], states: tuple[Any, ...], out: Any, rank
     return rel_l2(out, ref)
 
 
-def graph_ms(fn: Callable[[], Any], device: str) -> float:
-    """:func:`common.bench_ms` of ``fn`` captured in a CUDA graph (as decode loops run it: the
-    op's argument checks and launch cost leave the timed region), or of ``fn`` itself on CPU."""
-    if device != "cuda":
-        return common.bench_ms(fn, device)
-    import torch
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return common.bench_ms(graph.replay, device)
-
-
 DECODE_TILES = {"scancc": None, "scancc block_d=32": (32, 8), "scancc block_d=16 4 warps": (16, 4)}
 """Decode rows: the op's default tiles, and two other (block_d, num_warps) of the step kernel."""
 
@@ -228,11 +209,11 @@ def decode_bandwidth(batch: int, heads: int, headdim: int, dstate: int, rank: in
     work = tuple(s.clone() for s in states)
     out = mamba3_step(work, **kwargs)
     err = decode_error(kwargs, states, out, rank)
-    step_ms = graph_ms(lambda: mamba3_step(work, **kwargs), device)
+    step_ms = common.graph_ms(lambda: mamba3_step(work, **kwargs), device)
     eager_ms = common.bench_ms(lambda: mamba3_step(work, **kwargs), device)
     ssm = states[1]
     dst = torch.empty_like(ssm)
-    copy_ms = graph_ms(lambda: dst.copy_(ssm), device)
+    copy_ms = common.graph_ms(lambda: dst.copy_(ssm), device)
     state_gbps = decode_state_bytes(batch, heads, headdim, dstate, rank) / (step_ms * 1e-3) / 1e9
     copy_gbps = 2.0 * ssm.numel() * ssm.element_size() / (copy_ms * 1e-3) / 1e9
     return {"step_ms": step_ms, "eager_ms": eager_ms, "copy_ms": copy_ms, "state_gbps": state_gbps,

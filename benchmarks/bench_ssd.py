@@ -13,6 +13,13 @@ Bytes (the least any kernel must move, bf16): the forward reads ``x, B, C, dt`` 
 ``A, D, dt_bias`` and their gradients are negligible). Outputs are checked against the float64
 oracle (sequential, on the GPU) on batch row 0 and the heads of group 0.
 
+Decode (mode ``decode``, shape ``(batch, heads, headdim, dstate)``, B64 H80 P64 N128 as in
+``anchors.md``): one token of ``selective_state_update`` in the Mamba-2 layout as a Mamba2 layer
+calls it (fp32 state, bf16 ``x, dt, B, C``, ``A``/``dt``/``dt_bias``/``D`` broadcast along the head
+dim with stride 0, softplus), scancc against mamba-ssm's Triton kernel, each timed as a CUDA
+graph replay. Bytes: the fp32 state read and written; % copy compares with a ``Tensor.copy_`` of
+the state timed the same way. Checked against a float64 step on every row.
+
     PYTHONPATH=.anchors python benchmarks/bench_ssd.py --out results/
     python benchmarks/bench_ssd.py --smoke --out /tmp/bench   # CPU, interpreter
 """
@@ -35,6 +42,8 @@ ANCHOR = (4, 4096, 80, 64, 128, 1, 256)
 FULL_SHAPES = [ANCHOR, (4, 1024, 80, 64, 128, 1, 256), (4, 16384, 80, 64, 128, 1, 256),
                (4, 4096, 80, 64, 64, 1, 256), (4, 4096, 80, 64, 256, 1, 256), (4, 4096, 80, 64, 128, 8, 256)]
 SMOKE_SHAPES = [(1, 64, 4, 16, 16, 1, 16)]
+DECODE_SHAPES = [(64, 80, 64, 128)]
+SMOKE_DECODE_SHAPES = [(2, 4, 8, 16)]
 SWEEP = [  # schedules tried with --sweep on the anchor shape (chunk 256)
     {"block_d": 32}, {"block_d": 64, "num_warps": 8}, {"block_d": 32, "num_warps": 8},
     {"block_l": 128, "num_warps": 8}, {"num_stages": 1}, {"num_stages": 3},
@@ -121,9 +130,80 @@ def oracle_error(inputs: dict[str, Any], out: Any, groups: int) -> float:
     return rel_l2(out[:1, :, :heads], ref)
 
 
+def decode_name(batch: int, heads: int, headdim: int, dstate: int) -> str:
+    return f"decode B{batch} H{heads} P{headdim} N{dstate}"
+
+
+def decode_state_bytes(batch: int, heads: int, headdim: int, dstate: int) -> float:
+    """The fp32 state, read and written once."""
+    return 2.0 * 4 * batch * heads * headdim * dstate
+
+
+def load_decode_impl(name: str, device: str) -> Callable[..., Any]:
+    """A function with mamba-ssm's ``selective_state_update`` signature."""
+    if name == "scancc":
+        from scancc.ops import selective_state_update
+
+        return selective_state_update
+    if name == "mamba_ssm":
+        if device != "cuda":
+            raise common.Unavailable("mamba-ssm's Triton kernels need a CUDA GPU")
+        try:
+            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+        except ImportError as exc:
+            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH)") from None
+        return selective_state_update
+    raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+
+
+def run_decode_case(case: dict[str, Any], device: str) -> dict[str, Any]:
+    """One decode token (see the module docstring): time, rel-L2 and the copy comparison."""
+    import torch
+
+    from scancc.oracle import rel_l2
+
+    batch, heads, headdim, dstate = case["shape"]
+    fn = load_decode_impl(case["impl"], device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    bf16 = torch.bfloat16
+
+    def randn(*shape: int, scale: float = 1.0, dtype: torch.dtype = bf16) -> torch.Tensor:
+        return (scale * torch.randn(*shape, device=device, generator=gen)).to(dtype)
+
+    state = randn(batch, heads, headdim, dstate, scale=0.1, dtype=torch.float32)
+    x = randn(batch, heads, headdim)
+    dt = randn(batch, heads, scale=0.5)[:, :, None].expand(batch, heads, headdim)
+    A = -(1.0 + 15.0 * torch.rand(heads, device=device, generator=gen))
+    B, C = randn(batch, 1, dstate), randn(batch, 1, dstate)
+    D = torch.randn(heads, device=device, generator=gen)
+    dt_bias = torch.full((heads,), -3.0, device=device)
+    args = {"x": x, "dt": dt, "A": A[:, None, None].expand(heads, headdim, dstate), "B": B, "C": C,
+            "D": D[:, None].expand(heads, headdim), "dt_bias": dt_bias[:, None].expand(heads, headdim),
+            "dt_softplus": True}
+
+    work = state.clone()
+    out = fn(work, **args)
+    f64 = {k: v.double() for k, v in args.items() if isinstance(v, torch.Tensor)}
+    delta = torch.nn.functional.softplus(f64["dt"] + f64["dt_bias"])[..., None]
+    new_state = torch.exp(delta * f64["A"]) * state.double() + delta * f64["x"][..., None] * f64["B"][:, :, None]
+    ref = (new_state * f64["C"][:, :, None]).sum(-1) + f64["D"] * f64["x"]
+    err = max(rel_l2(out, ref), rel_l2(work, new_state))
+
+    step_ms = common.graph_ms(lambda: fn(work, **args), device)
+    eager_ms = common.bench_ms(lambda: fn(work, **args), device)
+    dst = torch.empty_like(state)
+    copy_ms = common.graph_ms(lambda: dst.copy_(state), device)
+    fraction = copy_ms / step_ms
+    return {"time_ms": step_ms, "err": err,
+            "note": f"CUDA graph; {100 * fraction:.0f}% of a same-size copy_ ({copy_ms * 1e3:.1f} us); "
+                    f"eager call {eager_ms * 1e3:.1f} us"}
+
+
 def run_case(case: dict[str, Any], device: str) -> dict[str, Any]:
     import torch
 
+    if case["mode"] == "decode":
+        return run_decode_case(case, device)
     batch, seqlen, heads, headdim, dstate, groups, chunk = case["shape"]
     fn = load_impl(case["impl"], device)
     _apply_variant(case.get("variant") or {})
@@ -207,7 +287,8 @@ def plan_cases(smoke: bool, sweep: bool) -> list[dict[str, Any]]:
                 if sweep and not smoke:
                     cases += [{"impl": "scancc", "shape": shape, "mode": mode, "variant": {"schedule": s}}
                               for s in SWEEP]
-    return cases
+    return cases + [{"impl": impl, "shape": shape, "mode": "decode"}
+                    for shape in (SMOKE_DECODE_SHAPES if smoke else DECODE_SHAPES) for impl in IMPLS]
 
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -215,6 +296,9 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
 
     def make_row(case: dict[str, Any]) -> common.Row:
         shape, mode = tuple(case["shape"]), case["mode"]
+        if mode == "decode":
+            return common.Row(bench="ssd", case=decode_name(*shape), impl=case["impl"], mode=mode, dtype="bfloat16",
+                              bytes=decode_state_bytes(*shape), group=decode_name(*shape))
         label = _variant_label(case.get("variant"))
         # variants are rows of their own group, so peer/scancc always compares with the default scancc
         group = f"{shape_name(*shape)} {mode}" + (f" [{label}]" if label else "")

@@ -82,6 +82,25 @@ def bench_ms(fn: Callable[[], Any], device: str, *, warmup_ms: int = 25, rep_ms:
     return (time.perf_counter() - start) * 1e3
 
 
+def graph_ms(fn: Callable[[], Any], device: str) -> float:
+    """:func:`bench_ms` of ``fn`` captured in a CUDA graph (as decode loops run it: the
+    op's argument checks and launch cost leave the timed region), or of ``fn`` itself on CPU."""
+    if device != "cuda":
+        return bench_ms(fn, device)
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench_ms(graph.replay, device)
+
+
 def copy_bandwidth(device: str, smoke: bool) -> dict[str, float]:
     """Device copy bandwidth from ``Tensor.copy_`` of a bf16 tensor (2 GiB, or 8 MiB in smoke runs).
 
