@@ -25,6 +25,7 @@ from .diagonal import DiagonalPlan, Operand, unsupported_reason
 from .diagonal_host import BackwardBuffers, Binding, DiagonalScanHost, ForwardBuffers, operand_strides, real_view
 from .modules import load_source
 from .templating import render
+from .triton_layout import tile_order
 
 TEMPLATE = "triton/diagonal.py.j2"
 
@@ -200,9 +201,18 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
     # ... and into the state of one step [BLOCK_D, BLOCK_N] ([BLOCK_D]), for the sequential forward.
     step_bc = dict(DL="[:, None]" if nd else "", DN="", NL="[None, :]", D1="[:, None]" if nd else "",
                    TILE="(BLOCK_D, BLOCK_N)" if nd else "(BLOCK_D,)")
-    # ... and into one state entry's time-major tile [BLOCK_L, BLOCK_D] (unrolled_scan), where a
+    # ... and into one state entry's tile of steps × channels (unrolled_scan), where a
     # (d, n) value is entry n's [BLOCK_D] column and an (n, t) value its [BLOCK_L] row.
-    lane_bc = dict(DL="", DN="[None, :]", NL="[:, None]", D1="[None, :]", TILE="(BLOCK_L, BLOCK_D)")
+    # Its orientation follows the installed Triton (scancc.backends.triton_layout); LAX and DAX
+    # are its time and channel axes, CKPT_TILE the backward's tile of one checkpoint interval.
+    if schedule.algorithm != "unrolled_scan":
+        lane_bc = None
+    elif tile_order() == "channel_major":
+        lane_bc = dict(DL="", DN="[:, None]", NL="[None, :]", D1="[:, None]", TILE="(BLOCK_D, BLOCK_L)",
+                       CKPT_TILE="(BLOCK_D, BLOCK_L * CKPT_EVERY)", LAX=1, DAX=0)
+    else:
+        lane_bc = dict(DL="", DN="[None, :]", NL="[:, None]", D1="[None, :]", TILE="(BLOCK_L, BLOCK_D)",
+                       CKPT_TILE="(BLOCK_L * CKPT_EVERY, BLOCK_D)", LAX=0, DAX=1)
     return dict(
         p=p, plan=plan, name=p.name, layout_doc=_layout_doc(plan), cplx=cplx, nd=nd, x=plan.x, step=plan.step,
         decay=plan.decay, exp_param=p.decay.param,
