@@ -86,6 +86,14 @@ class CUDABackend:
         return (f"the CUDA diagonal kernels implement algorithms 'sequential' and 'chunked_scan', "
                 f"not {schedule.algorithm!r}")
 
+    def backward_unsupported_reason(self, program: Program, schedule: Schedule) -> str | None:
+        """Why the kernel for ``program`` has no backward, or ``None``: matrix-state programs
+        (SSD, Mamba-3, GLA) run a recurrent forward only on this backend."""
+        if _family(program) == "matrix":
+            return (f"the CUDA backend runs {program.family} programs forward only (recurrent schedule); "
+                    "their gradients come from the triton backend")
+        return None
+
     def supports(self, program: Program, schedule: Schedule) -> bool:
         return self.unsupported_reason(program, schedule) is None
 

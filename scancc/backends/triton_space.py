@@ -5,9 +5,8 @@ Importing this module registers one provider for ``"triton"`` with
 Triton space. The provider answers for each half of the backend:
 
 - diagonal family (:mod:`scancc.backends.triton`): with a state axis (``dstate``, Mamba-1)
-  the forward's algorithm (``unrolled_scan`` / ``sequential`` / ``chunked_scan``), ``block_d``
-  channels per program, ``block_l`` steps per tile, ``num_warps`` and, for states wider than
-  ``unrolled_scan`` unrolls by default, its ``block_n``; plain scans: ``block_l``,
+  the forward's algorithm (``sequential`` / ``chunked_scan``), ``block_d`` channels per
+  program, ``block_l`` steps per tile and ``num_warps``; plain scans: ``block_l``,
   ``block_d``, ``num_warps``, ``num_stages`` of the chunked scan;
 - SSD (:mod:`scancc.backends.triton_ssd`): ``chunk``, ``block_l`` (row tile), ``block_d``
   (headdim tile), ``num_warps``, ``num_stages`` (Mamba-3 programs, lowered by
@@ -35,7 +34,7 @@ from ..autotune.space import Constraint, SearchSpace, register_space
 from ..ir import Program, Schedule
 from . import triton_ssd, triton_step
 from .diagonal import DiagonalPlan, unsupported_reason
-from .triton import DEFAULT_UNROLL, tile_sizes, unroll_count, unrolled_by_default
+from .triton import tile_sizes
 
 SPILL_FACTOR = 1.5
 """A tile may want up to this many times the per-thread register limit before it is pruned:
@@ -111,15 +110,6 @@ DIAGONAL_CONSTRAINTS = (
     Constraint("stages_need_several_tiles",
                lambda s, p, d: s.num_stages == 1 or p.seqlen > _diag_tiles(s, p).block_l),
     Constraint("threads_have_work", lambda s, p, d: _threads(s) <= max(32, _diag_work(s, p))),
-    # block_n is unrolled_scan's alone, and only the smallest unroll that covers dstate is distinct
-    # (a smaller one runs the sequential forward, a larger one the same code)
-    Constraint("block_n_is_unrolled_scans", lambda s, p, d: s.block_n is None or s.algorithm == "unrolled_scan"),
-    # complex exp decays: minutes of compilation per unrolled point (see unrolled_by_default)
-    Constraint("unrolled_compiles_quickly", lambda s, p, d: s.algorithm != "unrolled_scan"
-               or unrolled_by_default(DiagonalPlan.of(p.program))),
-    Constraint("unroll_covers_state",
-               lambda s, p, d: s.algorithm != "unrolled_scan" or p.get("dstate", 1) <= unroll_count(s)),
-    Constraint("unroll_is_smallest", lambda s, p, d: s.block_n is None or s.block_n // 2 < p.get("dstate", 1)),
     Constraint("fits_registers", lambda s, p, d: _fits_regs(_diag_values(s, p), s, d)),
     Constraint("fits_shared_memory", lambda s, p, d: _diag_smem(s, p) <= d.smem_per_block),
     THREADS_PER_BLOCK,
@@ -133,10 +123,11 @@ def diagonal_space(program: Program, default: Schedule) -> Optional[SearchSpace]
         return None
     if DiagonalPlan.of(program).has_dstate:
         params = {
-            "algorithm": ("unrolled_scan", "sequential", "chunked_scan"),
+            # unrolled_scan is left out: slower than sequential on the H100 and slow to compile
+            # (see scancc.backends.triton.unrolled_compiles_quickly); a schedule may still name it
+            "algorithm": ("sequential", "chunked_scan"),
             "block_d": (1, 2, 4, 8, 16, 32, 64, 128),
             "block_l": (4, 8, 16, 32, 64),
-            "block_n": (None, 2 * DEFAULT_UNROLL, 4 * DEFAULT_UNROLL),
             "num_warps": (1, 2, 4, 8),
         }
     else:

@@ -20,9 +20,9 @@ entry and the output is cast back to the input's dtype; gradients come back in e
 input's dtype. Complex quantities are complex64.
 
 Ahead-of-time route (GPU machines without the TVM compiler): :func:`export` writes
-``<path>.so`` (host code + embedded CUDA module, compiled with nvcc by TVM) and
-``<path>.json`` (program, schedule, target, bound sizes, each function's parameters in
-call order). On the GPU machine only TVM's runtime is needed — the ``tvm_ffi`` package
+``<path>.so`` (host code + the CUDA module TVM embeds, as source), ``<path>.cubin`` (that
+source compiled here with nvcc) and ``<path>.json`` (program, schedule, target, bound sizes,
+each function's parameters in call order). On the GPU machine only TVM's runtime is needed — the ``tvm_ffi`` package
 and ``libtvm_runtime.so`` + ``libtvm_runtime_cuda.so`` (about 17 MB in all; no LLVM, no
 ``libtvm_compiler.so``, no ``import tvm``): :func:`scancc.backends.tvm_runtime.load_exported`
 loads the two libraries with ``RTLD_GLOBAL`` and calls ``tvm_ffi.load_module``; the
@@ -317,10 +317,33 @@ def export(program: Program, target: TargetLike, path: Union[str, Path], *, dsta
     executable.export_library(str(lib))
     mod = parse(source, meta)
     signature = {gv.name_hint: [p.name for p in func.params] for gv, func in mod.functions.items()}
+    tgt = normalize_target(target)
     info = {"program": json.loads(program.to_json()), "schedule": (schedule or TVMBackend().default_schedule(program)).to_dict(),
-            "target": normalize_target(target), "sizes": meta, "tvm": tvm.__version__, "functions": signature}
+            "target": tgt, "sizes": meta, "tvm": tvm.__version__, "functions": signature}
+    if tgt["kind"] == "cuda":
+        info["cuda_binary"] = _export_cubin(executable, tgt, base)
     base.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return lib
+
+
+def _export_cubin(executable: Any, target: Mapping[str, Any], base: Path) -> dict[str, str]:
+    """Compile the CUDA module TVM embedded in ``executable`` to ``<base>.cubin`` with nvcc.
+
+    TVM 0.27 embeds CUDA kernels as source and compiles them when the library is loaded,
+    through a ``tvm_callback_cuda_compile`` that only the full TVM registers. The cubin
+    compiled here is what :func:`scancc.backends.tvm_runtime.load_exported` hands to the
+    runtime instead, matched by the source's SHA-256."""
+    import hashlib
+
+    import tvm
+    from tvm.support.nvcc import compile_cuda
+
+    code = executable.mod.imports[0].inspect_source()
+    arch = str(target.get("arch") or "sm_90")
+    with tvm.target.Target(dict(target)):  # compile_cuda reads the compute version from the current target
+        cubin = compile_cuda(code, target_format="cubin", arch=arch, compiler="nvcc")
+    base.with_suffix(".cubin").write_bytes(bytes(cubin))
+    return {"file": base.with_suffix(".cubin").name, "arch": arch, "source_sha256": hashlib.sha256(code.encode()).hexdigest()}
 
 
 class LoadedScan:

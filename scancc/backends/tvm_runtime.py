@@ -229,4 +229,33 @@ def load_exported(path: Union[str, Path], runtime_dir: Union[str, Path, None] = 
         if not lib.exists():
             raise FileNotFoundError(f"{lib} not found (TVM's runtime library is needed to load exported kernels)")
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    if cuda:
+        _register_cubin(Path(path))
     return tvm_ffi.load_module(str(path))
+
+
+_cubins: dict[str, bytes] = {}  # SHA-256 of a CUDA module's source -> its cubin from export
+
+
+def _register_cubin(lib: Path) -> None:
+    """Make ``lib``'s precompiled cubin (written by ``export`` beside it) what the runtime gets
+    when it asks ``tvm_callback_cuda_compile`` to compile the module's embedded CUDA source:
+    TVM 0.27 compiles that source at load time, through a callback only the full TVM defines."""
+
+    import tvm_ffi
+
+    meta = lib.with_suffix(".json")
+    binary = json.loads(meta.read_text()).get("cuda_binary") if meta.exists() else None
+    if not binary:
+        raise FileNotFoundError(f"{meta} names no cubin: re-export {lib.name} with scancc.backends.tvm.export "
+                                "(a runtime-only TVM cannot compile the CUDA source embedded in it)")
+    _cubins[binary["source_sha256"]] = (lib.parent / binary["file"]).read_bytes()
+
+    def compile_from_cubins(code: str, *_: object) -> bytes:
+        digest = hashlib.sha256(str(code).encode()).hexdigest()
+        if digest not in _cubins:
+            raise RuntimeError(f"no precompiled cubin for this CUDA module (source sha256 {digest[:12]}); "
+                               "re-export it with scancc.backends.tvm.export")
+        return _cubins[digest]
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_from_cubins, override=True)

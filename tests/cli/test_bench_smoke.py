@@ -31,7 +31,7 @@ def run_smoke(script: str, out: Path) -> list[dict]:
 
 @pytest.mark.parametrize("script, modes", [("bench_linear_scan.py", {"fwd"}),
                                            ("bench_selective_scan.py", {"fwd", "fwd+bwd"}),
-                                           ("bench_ssd.py", {"fwd", "fwd+bwd"})])
+                                           ("bench_ssd.py", {"fwd", "fwd+bwd", "decode"})])
 def test_smoke_run_writes_checked_rows(script: str, modes: set[str], tmp_path: Path) -> None:
     rows = run_smoke(script, tmp_path)
     ours = [r for r in rows if r["impl"] == "scancc"]
@@ -83,10 +83,10 @@ def test_sass_mix_counts_the_selective_forward_instructions() -> None:
 
 
 def test_unrolled_forward_scans_inside_threads() -> None:
-    """The default selective forward (unrolled_scan) keeps each channel's steps in one thread:
-    no warp shuffles, and a few instructions per state element besides the exp's MUFU (the
-    sequential forward it replaced took 41, 12 of them shuffles)."""
-    out, per_element = _sass_mix()
+    """The unrolled_scan selective forward keeps each channel's steps in one thread: no warp
+    shuffles, and a few instructions per state element besides the exp's MUFU (the sequential
+    forward takes 41, 12 of them shuffles)."""
+    out, per_element = _sass_mix("--algorithm", "unrolled_scan", "--num-warps", "1")
     assert "unrolled_scan" in out and "512 state elements per thread per tile" in out, out
     assert per_element.get("SHFL", 0.0) == 0.0, out
     assert 1.0 <= per_element["MUFU"] < 1.5 and per_element["all"] < 20, out
