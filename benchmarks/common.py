@@ -151,8 +151,10 @@ class Row:
 
 
 def _git_commit() -> str:
-    """``git rev-parse --short HEAD``, else ``$SCANCC_COMMIT`` (copies of the tree without
-    ``.git``, e.g. on a GPU machine), else ``unknown``."""
+    """``$SCANCC_COMMIT`` when set (a copy of the tree whose ``.git`` may be stale or absent, e.g.
+    on a GPU machine), else ``git rev-parse --short HEAD``, else ``unknown``."""
+    if os.environ.get("SCANCC_COMMIT"):
+        return os.environ["SCANCC_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=10)
@@ -160,7 +162,7 @@ def _git_commit() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("SCANCC_COMMIT") or "unknown"
+    return "unknown"
 
 
 def run_metadata(device: str, copy: dict[str, float]) -> dict[str, Any]:
@@ -367,6 +369,9 @@ def main_for(
     (``scancc.oracle.tolerance``).
     """
     args = parser(description, add_arguments).parse_args(argv)
+    # Peers autotune with Triton's autotuner on their first call (mamba-ssm's Mamba-3 kernels
+    # for over 100 s); cached on disk, the choice made in one case's process serves the next.
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     if args.case:
         try:
             return worker(run_case, args.case, args.smoke)
