@@ -369,10 +369,12 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
     ``MIN_WARPS`` warps (long single sequences). BLOCK_L is the schedule's, else 2048 for plain
     scans, 16 for the sequential forward, 32 for unrolled_scan and about ``FWD_TILE_ELEMENTS``
     values per chunked_scan tile.
-    Checkpoints are at least ``CHECKPOINT_STEPS`` apart (their memory is
-    ``num_seqs·dim·dstate·seqlen / (BLOCK_L·ckpt_every)`` floats); the backward's tiles
-    span one checkpoint interval with about ``BWD_TILE_ELEMENTS`` values, on one warp when
-    the state has an n axis. The unrolled backward (:func:`unrolled_backward`) instead keeps
+    Checkpoints are at least the schedule's ``chunk`` (default ``CHECKPOINT_STEPS``) steps
+    apart, and one tile at least (their memory is ``num_seqs·dim·dstate·seqlen /
+    (BLOCK_L·ckpt_every)`` floats); the backward's tiles span one checkpoint interval with
+    about ``BWD_TILE_ELEMENTS`` values, on one warp when the state has an n axis: a shorter
+    interval gives them more channels, whose sums over channels of varying ``dB``/``dC`` then
+    stay in the program instead of going to memory as atomic adds. The unrolled backward (:func:`unrolled_backward`) instead keeps
     the forward's channels and warps and holds a whole interval in registers: its checkpoints
     are ``UNROLLED_CHECKPOINT_STEPS`` (or one tile) apart, as many floats as a bf16 ``u``
     holds bytes when ``dstate`` is 16.
@@ -408,7 +410,7 @@ def tile_sizes(plan: DiagonalPlan, schedule: Schedule, dim: int, dstate: int, ch
         # the unrolled backward: the forward's channels and warps, one checkpoint interval per tile
         ckpt_every = max(1, UNROLLED_CHECKPOINT_STEPS // block_l)
         return Tiles(block_d, block_n, block_l, ckpt_every, block_d, schedule.num_warps, True, True)
-    ckpt_every = max(1, CHECKPOINT_STEPS // block_l)
+    ckpt_every = max(1, (schedule.chunk or CHECKPOINT_STEPS) // block_l)
     bwd_block_d = block_d
     while bwd_block_d > 1 and bwd_block_d * block_n * block_l * ckpt_every * cplx > BWD_TILE_ELEMENTS:
         bwd_block_d //= 2

@@ -32,7 +32,8 @@ class Schedule:
 
     ``block_l``: time steps per tile; ``block_d``: channels (or head-dim rows) per program;
     ``block_n``: state entries per program (``unrolled_scan``: the most entries unrolled);
-    ``chunk``: SSD chunk length; ``num_warps``,
+    ``chunk``: SSD chunk length, or for the Triton diagonal kernels the steps between the
+    forward's state checkpoints (the backward's tile length); ``num_warps``,
     ``num_stages``: launch parameters. ``None`` means the backend's default.
     """
 

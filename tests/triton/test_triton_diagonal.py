@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from triton_helpers import LINEAR, LTI, SELECTIVE_FLAGS, Case, check_backward, check_forward, selective_program
 
 from scancc import ir
+from scancc.backends.diagonal import DiagonalPlan
+from scancc.backends.triton import tile_sizes
 
 DTYPES = st.sampled_from([torch.float32, torch.float32, torch.bfloat16, torch.float16])
 SEQLEN = st.one_of(st.integers(1, 70), st.sampled_from([1, 16, 17, 32, 33]))
@@ -126,6 +128,20 @@ def test_only_final_state_gradient() -> None:
     """grad_out None: the gradient flows from the final state alone."""
     case = Case(ir.selective(), dim=2, seqlen=19, block_l=8, checkpoint_steps=8)
     check_backward(case, grad_out=False, grad_final=True)
+
+
+@pytest.mark.parametrize("chunk", [16, 32, 64])
+def test_checkpoint_interval_from_the_schedule(chunk: int) -> None:
+    """Schedule.chunk sets the steps between checkpoints: shorter intervals give the backward's
+    tiles more channels (16, 8, 4 of a group's 16 here), which sum dB/dC among themselves before
+    adding to memory; every interval gives the same gradients."""
+    case = Case(ir.selective(), batch=2, dim=16, dstate=4, seqlen=45, groups=1, block_l=8, block_d=16,
+                algorithm="sequential", chunk=chunk)
+    plan = DiagonalPlan.of(case.program)
+    tiles = tile_sizes(plan, case.schedule, dim=16, dstate=4, chans_per_group=16, num_seqs=2)
+    assert (tiles.block_l * tiles.ckpt_every, tiles.bwd_block_d) == (chunk, 16 * 16 // chunk)
+    check_forward(case)
+    check_backward(case)
 
 
 def test_channels_sharing_groups_accumulate_atomically() -> None:

@@ -78,6 +78,7 @@ class Case:
     cu_seqlens: Optional[list[int]] = None
     drop: tuple[str, ...] = ()   # optional inputs left out
     checkpoint_steps: Optional[int] = None  # the backend's CHECKPOINT_STEPS for this case
+    chunk: Optional[int] = None  # the schedule's chunk: steps between checkpoints, overriding CHECKPOINT_STEPS
     seed: int = 0
     inputs: dict[str, torch.Tensor] = field(default_factory=dict, init=False)
     h0: Optional[torch.Tensor] = field(default=None, init=False)
@@ -106,6 +107,8 @@ class Case:
             schedule = schedule.replace(algorithm=self.algorithm)
         if schedule.algorithm == "unrolled_scan" and self.block_n is not None:
             schedule = schedule.replace(block_n=self.block_n)
+        if self.chunk is not None:
+            schedule = schedule.replace(chunk=self.chunk)
         if self.block_l is None and self.block_d is None:
             return schedule
         return schedule.replace(block_l=self.block_l, block_d=self.block_d)
