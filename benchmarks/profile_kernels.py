@@ -3,7 +3,8 @@
 Where a benchmark says how long an op takes, this says which of its kernels the time goes to:
 
     PYTHONPATH=.anchors python benchmarks/profile_kernels.py ssd --impl scancc mamba_ssm
-    PYTHONPATH=.anchors python benchmarks/profile_kernels.py selective --mode fwd+bwd
+    PYTHONPATH=.anchors python benchmarks/profile_kernels.py selective --mode fwd+bwd --impl scancc "scancc ckpt16"
+    PYTHONPATH=.anchors python benchmarks/profile_kernels.py mamba3 --impl scancc mamba_ssm
 
 Each implementation runs a few times untimed (compilation, the peers' autotuning), then
 ``--iters`` times under the profiler; the table gives every CUDA kernel's mean time per call,
@@ -63,9 +64,28 @@ def _selective_call(impl: str, shape: tuple[int, ...], mode: str, schedule: dict
     return lambda: torch.autograd.grad(forward(), leaves, grad)
 
 
+def _mamba3_call(impl: str, shape: tuple[int, ...], mode: str, schedule: dict[str, Any]) -> Callable[[], Any]:
+    import bench_mamba3 as bench
+    import torch
+
+    batch, seqlen, heads, headdim, heads_qk, dstate, chunk = shape
+    fn = bench.load_impl(impl, "cuda")
+    inputs = bench.make_inputs(batch, seqlen, heads, headdim, heads_qk, dstate, "cuda")
+
+    def forward() -> torch.Tensor:
+        return fn(*(inputs[n] for n in bench.ARGS), D=inputs["D"], Z=inputs["Z"], chunk_size=chunk)
+
+    if mode == "fwd":
+        return lambda: forward()
+    leaves = [inputs[n].requires_grad_(True) for n in bench.GRAD_ARGS]
+    grad = torch.randn_like(forward())
+    return lambda: torch.autograd.grad(forward(), leaves, grad)
+
+
 OPS = {
     "ssd": (_ssd_call, (4, 4096, 80, 64, 128, 1, 256)),
     "selective": (_selective_call, (4, 5120, 16, 4096)),
+    "mamba3": (_mamba3_call, (4, 4096, 32, 64, 1, 128, 64)),
 }
 
 
