@@ -95,7 +95,7 @@ def _diag_smem(s: Schedule, p: Problem) -> int:
 
 def _diag_work(s: Schedule, p: Problem) -> int:
     """Values per forward tile that threads can split: the sequential forward's state, the
-    time-major tile of unrolled_scan, the whole [BLOCK_D, BLOCK_N, BLOCK_L] tile of chunked_scan."""
+    steps × channels tile of unrolled_scan, the whole [BLOCK_D, BLOCK_N, BLOCK_L] tile of chunked_scan."""
     t = _diag_tiles(s, p)
     if t.unrolled:
         return t.block_d * t.block_l
