@@ -61,19 +61,8 @@ def min_bytes(batch: int, seqlen: int, heads: int, headdim: int, heads_qk: int, 
 
 def load_impl(name: str, device: str) -> Callable[..., Any]:
     """A function with mamba-ssm's ``mamba3_siso_combined`` signature."""
-    if name == "scancc":
-        from scancc.ops import mamba3_siso_combined
-
-        return mamba3_siso_combined
-    if name == "mamba_ssm":
-        if device != "cuda":
-            raise common.Unavailable("mamba-ssm's Triton kernels need a CUDA GPU")
-        try:
-            from mamba_ssm.ops.triton.mamba3.mamba3_siso_combined import mamba3_siso_combined
-        except ImportError as exc:
-            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH)") from None
-        return mamba3_siso_combined
-    raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+    return common.scancc_or_mamba_ssm(name, device, "mamba3_siso_combined",
+                                      "mamba_ssm.ops.triton.mamba3.mamba3_siso_combined")
 
 
 def make_inputs(batch: int, seqlen: int, heads: int, headdim: int, heads_qk: int, dstate: int,

@@ -72,20 +72,8 @@ def min_bytes(batch: int, seqlen: int, heads: int, headdim: int, dstate: int, gr
 
 def load_impl(name: str, device: str) -> Callable[..., Any]:
     """A function with mamba-ssm's ``mamba_chunk_scan_combined`` signature."""
-    if name == "scancc":
-        from scancc.ops import mamba_chunk_scan_combined
-
-        return mamba_chunk_scan_combined
-    if name == "mamba_ssm":
-        if device != "cuda":
-            raise common.Unavailable("mamba-ssm's Triton kernels need a CUDA GPU")
-        try:
-            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-        except ImportError as exc:
-            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH; needs einops)") \
-                from None
-        return mamba_chunk_scan_combined
-    raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+    return common.scancc_or_mamba_ssm(name, device, "mamba_chunk_scan_combined",
+                                      "mamba_ssm.ops.triton.ssd_combined", "; needs einops")
 
 
 def make_inputs(batch: int, seqlen: int, heads: int, headdim: int, dstate: int, groups: int,
@@ -141,19 +129,8 @@ def decode_state_bytes(batch: int, heads: int, headdim: int, dstate: int) -> flo
 
 def load_decode_impl(name: str, device: str) -> Callable[..., Any]:
     """A function with mamba-ssm's ``selective_state_update`` signature."""
-    if name == "scancc":
-        from scancc.ops import selective_state_update
-
-        return selective_state_update
-    if name == "mamba_ssm":
-        if device != "cuda":
-            raise common.Unavailable("mamba-ssm's Triton kernels need a CUDA GPU")
-        try:
-            from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        except ImportError as exc:
-            raise common.Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH)") from None
-        return selective_state_update
-    raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+    return common.scancc_or_mamba_ssm(name, device, "selective_state_update",
+                                      "mamba_ssm.ops.triton.selective_state_update")
 
 
 def run_decode_case(case: dict[str, Any], device: str) -> dict[str, Any]:

@@ -37,6 +37,24 @@ class Unavailable(Exception):
 
 # -- device ---------------------------------------------------------------------------------
 
+def scancc_or_mamba_ssm(name: str, device: str, op: str, peer_module: str, hint: str = "") -> Callable[..., Any]:
+    """The function ``op`` of ``scancc.ops`` (``name`` ``"scancc"``) or of mamba-ssm's Triton module
+    ``peer_module`` (``"mamba_ssm"``, from ``.anchors``; :class:`Unavailable` without a CUDA GPU or
+    when it does not import: ``hint`` adds what it needs)."""
+    import importlib
+
+    if name == "scancc":
+        return getattr(importlib.import_module("scancc.ops"), op)
+    if name == "mamba_ssm":
+        if device != "cuda":
+            raise Unavailable("mamba-ssm's Triton kernels need a CUDA GPU")
+        try:
+            return getattr(importlib.import_module(peer_module), op)
+        except ImportError as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc} (put .anchors on PYTHONPATH{hint})") from None
+    raise ValueError(f"unknown implementation {name!r}; expected 'scancc' or 'mamba_ssm'")
+
+
 def has_cuda() -> bool:
     import torch
 

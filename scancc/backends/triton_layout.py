@@ -65,7 +65,6 @@ def _probe() -> bool:
     return int(lanes.group(1)) > int(lanes.group(2))
 
 
-
 def _probe_kernel(x, y, stride_0, stride_1, BLOCK: tl.constexpr):  # noqa: F821 - `tl` is bound by _probe
     offsets = tl.arange(0, BLOCK)[:, None] * stride_0 + tl.arange(0, BLOCK)[None, :] * stride_1  # noqa: F821
     tl.store(y + offsets, tl.load(x + offsets))  # noqa: F821

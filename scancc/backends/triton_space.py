@@ -124,7 +124,7 @@ def diagonal_space(program: Program, default: Schedule) -> Optional[SearchSpace]
     if DiagonalPlan.of(program).has_dstate:
         params = {
             # unrolled_scan is left out: slower than sequential on the H100 and slow to compile
-            # (see scancc.backends.triton.unrolled_compiles_quickly); a schedule may still name it
+            # (see TritonBackend.default_schedule); a schedule may still name it
             "algorithm": ("sequential", "chunked_scan"),
             "block_d": (1, 2, 4, 8, 16, 32, 64, 128),
             "block_l": (4, 8, 16, 32, 64),

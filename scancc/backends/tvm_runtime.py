@@ -241,7 +241,6 @@ def _register_cubin(lib: Path) -> None:
     """Make ``lib``'s precompiled cubin (written by ``export`` beside it) what the runtime gets
     when it asks ``tvm_callback_cuda_compile`` to compile the module's embedded CUDA source:
     TVM 0.27 compiles that source at load time, through a callback only the full TVM defines."""
-
     import tvm_ffi
 
     meta = lib.with_suffix(".json")

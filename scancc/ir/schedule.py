@@ -12,7 +12,7 @@ from .names import IRValidationError, check_choice
 ALGORITHMS = (
     "chunked_scan",  # tiles of block_l steps, associative scan inside, state carried between tiles
     "sequential",    # one step at a time (reference / decode-like schedules)
-    "unrolled_scan",  # time-major tiles, the state axis unrolled (block_n entries), scans inside threads
+    "unrolled_scan",  # steps × channels tiles, the state axis unrolled (block_n entries), scans inside threads
     "ssd_chunked",   # SSD/Mamba-3 chunked matrix form (intra-chunk matmuls + state passing)
     "fft_conv",      # LTI as a long convolution via FFT
     "step",          # single-token decode update
