@@ -6,8 +6,8 @@ forward+backward. scancc's ``selective_scan_fn`` (``scancc``: the default backen
 ``scancc unrolled_scan``: the Triton kernels under the ``unrolled_scan`` schedule, which the
 default does not take (measured slower on the H100); ``scancc ckpt16`` / ``ckpt32``: the
 default schedule with checkpoints every 16 / 32 steps instead of 64 (``Schedule.chunk``), so
-the backward's tiles sum ``dB``/``dC`` over 4 / 2 channels before their atomic adds; ``scancc cuda``: the CUDA backend, chunked forward and sequential backward)
-against mamba-ssm's pure-PyTorch
+the backward's tiles sum ``dB``/``dC`` over 4 / 2 channels before their atomic adds; ``scancc
+cuda``: the CUDA backend, chunked forward and sequential backward) against mamba-ssm's pure-PyTorch
 ``selective_scan_ref`` (where it fits in memory) and, as quoted rows, mamba-ssm's CUDA
 kernel and the floors from ``/work/shared/anchors.md`` (its CUDA extension is not built here).
 
@@ -32,7 +32,12 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-IMPLS = ("scancc", "scancc unrolled_scan", "scancc ckpt16", "scancc ckpt32", "scancc cuda", "mamba_ssm selective_scan_ref")
+SCHEDULE_ROWS = {  # scancc rows pinned to a Triton schedule (see the module docstring)
+    "scancc unrolled_scan": {"algorithm": "unrolled_scan", "num_warps": 1},
+    "scancc ckpt16": {"algorithm": "sequential", "num_warps": 2, "chunk": 16},
+    "scancc ckpt32": {"algorithm": "sequential", "num_warps": 2, "chunk": 32},
+}
+IMPLS = ("scancc", *SCHEDULE_ROWS, "scancc cuda", "mamba_ssm selective_scan_ref")
 MODES = ("fwd", "fwd+bwd")
 FULL_SHAPES = [(4, 5120, 16, 4096), (8, 1536, 16, 4096), (1, 5120, 16, 65536)]
 SMOKE_SHAPES = [(1, 8, 4, 64)]
@@ -104,14 +109,10 @@ def load_impl(name: str, device: str = "cuda") -> Callable[..., Any]:
         from scancc.ops import selective_scan_fn
 
         return selective_scan_fn
-    if name == "scancc unrolled_scan":
+    if name in SCHEDULE_ROWS:
         from scancc.ir import Schedule
 
-        return _scancc_schedule(Schedule(algorithm="unrolled_scan", num_warps=1))
-    if name in ("scancc ckpt16", "scancc ckpt32"):
-        from scancc.ir import Schedule
-
-        return _scancc_schedule(Schedule(algorithm="sequential", num_warps=2, chunk=int(name[-2:])))
+        return _scancc_schedule(Schedule(**SCHEDULE_ROWS[name]))
     if name == "scancc cuda":
         return _scancc_cuda("selective_scan_fn", device)
     if name == "mamba_ssm selective_scan_ref":
