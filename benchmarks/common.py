@@ -252,6 +252,11 @@ class Results:
 
 # -- isolated cases -------------------------------------------------------------------------
 
+def _name_matches(text: str, name: str) -> bool:
+    """`--only` filter: '=name' matches that name exactly, any other text matches names containing it."""
+    return text[1:] == name if text.startswith("=") else text in name
+
+
 def parser(
     description: str, add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None
 ) -> argparse.ArgumentParser:
@@ -261,7 +266,8 @@ def parser(
                    help="folder for <name>.jsonl and <name>.md (default: $OUT or ./bench-results)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU under the Triton interpreter")
     p.add_argument("--only", default="",
-                   help="run only implementations whose name contains one of these comma-separated texts")
+                   help="run only implementations whose name contains one of these comma-separated texts "
+                        "(a text starting with '=' must equal the whole name)")
     p.add_argument("--cases", default="", help="run only cases whose name contains one of these comma-separated texts")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per isolated case")
     p.add_argument("--case", help=argparse.SUPPRESS)  # worker mode: one JSON case
@@ -344,7 +350,7 @@ def orchestrate(
     print(f"{title}: {meta['device']}, copy {copy['copy_tbps']:.3g} TB/s; results in {results.markdown}", flush=True)
     scancc_ms: dict[str, float] = {}
     for case in cases:
-        if args.only and not any(text in case["impl"] for text in args.only.split(",")):
+        if args.only and not any(_name_matches(text, case["impl"]) for text in args.only.split(",")):
             continue
         row = make_row(case)
         wanted = getattr(args, "cases", "")
