@@ -38,9 +38,21 @@ class AutotuneWarning(UserWarning):
     """Tuning on a cache miss failed; the default schedule is used."""
 
 
+_DEPENDENT_MEMOS: list[Any] = []
+
+
 def clear_memo() -> None:
-    """Forget memoised choices (after the cache or the environment changed)."""
+    """Forget memoised choices (after the cache or the environment changed), and what other
+    memos derived from them (see :func:`register_dependent_memo`)."""
     _MEMO.clear()
+    for memo in _DEPENDENT_MEMOS:
+        memo.clear()
+
+
+def register_dependent_memo(memo: Any) -> None:
+    """Have :func:`clear_memo` also clear ``memo`` (anything with ``clear()``), which keeps
+    results derived from :func:`choose_schedule` answers that were ``final``."""
+    _DEPENDENT_MEMOS.append(memo)
 
 
 def autotune_enabled() -> bool:
@@ -128,7 +140,21 @@ def best_schedule(
     dtype: DtypeLike = "fp32",
     pin: Optional[Mapping[str, Any]] = None,
 ) -> Schedule:
-    """The schedule to launch ``program`` with on ``backend`` at ``shapes``.
+    """The schedule to launch ``program`` with on ``backend`` at ``shapes`` (see :func:`choose_schedule`)."""
+    return choose_schedule(program, backend, shapes, device, dtype, pin)[0]
+
+
+def choose_schedule(
+    program: Program,
+    backend: BackendLike,
+    shapes: Mapping[str, int],
+    device: DeviceLike = None,
+    dtype: DtypeLike = "fp32",
+    pin: Optional[Mapping[str, Any]] = None,
+) -> tuple[Schedule, bool]:
+    """The schedule to launch ``program`` with on ``backend`` at ``shapes``, and whether the
+    answer is final (a later call with the same arguments gets the same one until
+    :func:`clear_memo`; not final: a default chosen while tuning was blocked).
 
     Looks in order at: the in-process memo (exact shapes), the cache file, then either a
     fresh tuning (with ``SCANCC_AUTOTUNE=1``, not while compiling or capturing) or the
@@ -149,11 +175,11 @@ def best_schedule(
     memo_key = (program.hash, name, tuple(sorted(shapes.items())), device_token, dtype, tune_on_miss, pins)
     hit = _MEMO.get(memo_key)
     if hit is not None:
-        return hit
+        return hit, True
     schedule, final = _resolve(program, backend, shapes, device, dtype, tune_on_miss, dict(pins))
     if final:
         _MEMO[memo_key] = schedule
-    return schedule
+    return schedule, final
 
 
 def _resolve(program: Program, backend: BackendLike, shapes: Mapping[str, int], device: DeviceLike,

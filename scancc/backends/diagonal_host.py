@@ -21,6 +21,7 @@ from typing import Any, Optional
 import torch
 
 from ..ir import Program, Schedule
+from ..fastpath import Memo, signature
 from .base import ScanForward
 from .diagonal import DiagonalPlan, Operand, discretize
 
@@ -65,6 +66,12 @@ class Binding:
     cu_seqlens: Optional[torch.Tensor]
     geometry: Any = None
     ckpt_steps: int = 0
+
+    def with_tensors(self, tensors: dict[str, Optional[torch.Tensor]], cu_seqlens: Optional[torch.Tensor]) -> Binding:
+        """This binding for another call with the same argument signature (cheaper than ``replace``)."""
+        b = object.__new__(Binding)
+        b.__dict__.update(self.__dict__, tensors=tensors, cu_seqlens=cu_seqlens)
+        return b
 
     @property
     def chans_per_group(self) -> int:
@@ -212,6 +219,8 @@ class DiagonalScanHost(abc.ABC):
         self.schedule = schedule
         self.source = source
         self.plan = DiagonalPlan.of(program)
+        self._specs = program.tensors()
+        self._bindings: Memo[tuple[Binding, list[Operand]]] = Memo()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.program.name!r}, {self.schedule.to_json()})"
@@ -255,6 +264,27 @@ class DiagonalScanHost(abc.ABC):
 
     # -- binding ------------------------------------------------------------------------------
     def _bind(self, inputs: Inputs, cu_seqlens: Optional[torch.Tensor]) -> Binding:
+        """The call's Binding: checked, sized and laid out once per argument :func:`signature`
+        (the checks read only metadata), with this call's tensors in kernel form."""
+        given = [inputs.get(spec.name) for spec in self._specs] if isinstance(inputs, Mapping) else None
+        if given is None or any(t is not None and not isinstance(t, torch.Tensor) for t in given):
+            return self._bind_checked(inputs, cu_seqlens)  # check_inputs raises the error
+        key = signature([*given, cu_seqlens])
+        sized, converted = self._bindings.get_or_make(key, lambda: self._bind_first(inputs, cu_seqlens))
+        tensors = _kernel_operands(self.plan, inputs) if self.plan.decay == "fixed" else dict(inputs)
+        for op in converted:
+            tensors[op.name] = self._kernel_tensor(op, tensors[op.name])
+        cu = None if cu_seqlens is None else self._kernel_cu_seqlens(cu_seqlens, sized.device)
+        return sized.with_tensors({op.name: tensors.get(op.name) for op in self.plan.operands}, cu)
+
+    def _bind_first(self, inputs: Inputs, cu_seqlens: Optional[torch.Tensor]) -> tuple[Binding, list[Operand]]:
+        """:meth:`_bind_checked`, and the operands whose kernel form is not the input itself
+        (the same for every call of this signature: :meth:`_kernel_tensor` reads metadata)."""
+        b = self._bind_checked(inputs, cu_seqlens)
+        given = _kernel_operands(self.plan, inputs)
+        return b, [op for op in self.plan.operands if b.tensors[op.name] is not given.get(op.name)]
+
+    def _bind_checked(self, inputs: Inputs, cu_seqlens: Optional[torch.Tensor]) -> Binding:
         b = check_inputs(self.plan, inputs, cu_seqlens)
         self._check_device(b.device)
         tensors = {op.name: None if b.tensors[op.name] is None else self._kernel_tensor(op, b.tensors[op.name])

@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
 from ..ir import Program, Schedule, TensorSpec
+from ..fastpath import plain_eager
 from . import checks as ck
 
 DEFAULT_BACKEND = ""
@@ -53,6 +55,11 @@ def _signature(program_json: str) -> tuple[TensorSpec, ...]:
 def input_order(program_json: str) -> str:
     """The names of ``program.tensors()``, comma-separated (a constant under tracing)."""
     return ",".join(spec.name for spec in _signature(program_json))
+
+
+@functools.lru_cache(maxsize=None)
+def _input_names(order: str) -> tuple[str, ...]:
+    return tuple(order.split(","))
 
 
 @functools.lru_cache(maxsize=None)
@@ -83,15 +90,48 @@ def _kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[
     and device (its cache, shipped defaults or the backend default; it tunes only with
     ``SCANCC_AUTOTUNE=1``)."""
     x = _main_input(named)
+    # the choice depends on the program, the inputs' shapes, dtype and device, and the environment
+    key = (program_json, backend, schedule_json, tuple((k, t.shape) for k, t in named.items()), x.dtype,
+           x.device, os.environ.get("SCANCC_BACKEND"), os.environ.get("SCANCC_AUTOTUNE"))
+    kernel = _KERNELS.get(key)
+    if kernel is None:
+        kernel, final = _choose_kernel(program_json, backend, schedule_json, named)
+        if final:
+            _KERNELS[key] = kernel
+    return kernel
+
+
+class _KernelMemo(dict):
+    """:func:`_kernel`'s memo: bounded, and cleared with the autotuner's (:func:`scancc.autotune.clear_memo`)."""
+
+    registered = False
+
+    def __setitem__(self, key: object, value: object) -> None:
+        if not self.registered:
+            from ..autotune.select import register_dependent_memo
+
+            register_dependent_memo(self)
+            self.registered = True
+        if len(self) >= 1024:
+            self.clear()
+        super().__setitem__(key, value)
+
+
+_KERNELS = _KernelMemo()
+
+
+def _choose_kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[str, torch.Tensor]):
+    """:func:`_kernel` without the memo; also whether the choice is final (may be memoised)."""
+    x = _main_input(named)
     name = backend or auto_backend(program_json, schedule_json, x.device, tuple(named))
     if schedule_json and _runs(program_json, name, schedule_json):
-        return compiled(program_json, name, schedule_json)
-    from ..autotune import best_schedule
+        return compiled(program_json, name, schedule_json), True
+    from ..autotune.select import choose_schedule
 
     program = _program(program_json)
     dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    schedule = best_schedule(program, name, _bind_dims(program_json, named), device=x.device, dtype=dtype)
-    return _compiled(program_json, name, schedule)
+    schedule, final = choose_schedule(program, name, _bind_dims(program_json, named), device=x.device, dtype=dtype)
+    return _compiled(program_json, name, schedule), final
 
 
 def auto_backend(program_json: str, schedule_json: str, device: torch.device, names: Sequence[str]) -> str:
@@ -178,8 +218,7 @@ def state_meta(
 
 
 # -- forward op ----------------------------------------------------------------------------------
-@torch.library.custom_op("scancc::scan", mutates_args=())
-def scan(
+def _scan(
     program: str,
     backend: str,
     schedule: str,
@@ -198,6 +237,9 @@ def scan(
     )
     final = fwd.final_state if return_final_state else None
     return fwd.out.contiguous(), (_empty(fwd.out) if final is None else final.contiguous())
+
+
+scan = torch.library.custom_op("scancc::scan", _scan, mutates_args=())
 
 
 @scan.register_fake
@@ -310,6 +352,8 @@ def check_backend(backend: Optional[str]) -> str:
     name; returns the op-schema form (``""`` for automatic)."""
     if backend is None or backend == "":
         return ""
+    if isinstance(backend, str) and backend in _KNOWN:
+        return backend
     from ..backends.registry import known_backends
 
     if not isinstance(backend, str):
@@ -317,7 +361,11 @@ def check_backend(backend: Optional[str]) -> str:
     if backend not in known_backends():
         raise ValueError(f"backend: unknown backend {backend!r}; expected one of {', '.join(known_backends())} "
                          "or None (chosen by the inputs' device)")
+    _KNOWN.add(backend)
     return backend
+
+
+_KNOWN: set[str] = set()  # names check_backend accepted (backends are registered for good)
 
 
 # -- Python entry point --------------------------------------------------------------------------
@@ -421,9 +469,10 @@ def run_checked(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """:func:`run_program` for arguments the caller has already validated (the public ops)."""
     backend = check_backend(backend)
-    order = input_order(program_json).split(",")
-    present = [(k, inputs[k]) for k in order if inputs.get(k) is not None]
-    names = ",".join(k for k, _ in present)
-    out, final = scan(program_json, backend, schedule, names, [t for _, t in present], initial_state, cu_seqlens,
-                      return_final_state)
+    present = [k for k in _input_names(input_order(program_json)) if inputs.get(k) is not None]
+    names = ",".join(present)
+    tensors = [inputs[k] for k in present]
+    # in plain eager mode with no gradient to record the dispatcher has nothing to add
+    op = _scan if plain_eager([*tensors, initial_state, cu_seqlens]) else scan
+    out, final = op(program_json, backend, schedule, names, tensors, initial_state, cu_seqlens, return_final_state)
     return out, (final if return_final_state else None)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
 
+from ..fastpath import Memo, signature
 from ..ir import selective
 from . import checks as ck
 from .registry import run_checked
@@ -39,9 +41,26 @@ def _as_complex(t: torch.Tensor) -> torch.Tensor:
     return torch.view_as_complex(t.unflatten(-1, (t.shape[-1] // 2, 2)))
 
 
-def _b_or_c(name: str, t: object, u: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """Validate B or C; return it in the kernel's form (complex64 for complex A) and
-    whether it varies over time (``(batch, groups, dstate, seqlen)``) or not (``(dim, dstate)``)."""
+@dataclass(frozen=True)
+class _Form:
+    """How a checked B or C becomes the kernel's operand."""
+
+    varying: bool             # (batch, groups, dstate, seqlen) rather than (dim, dstate)
+    to_complex: bool = False  # a real time-invariant B/C of a complex A: cast to complex64
+    interleaved: bool = False  # real (re, im) pairs along time: viewed as complex64
+    add_groups: bool = False   # (batch, dstate, seqlen): one group axis added
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        if self.to_complex:
+            t = t.to(torch.complex64)
+        if self.interleaved:
+            t = _as_complex(t)
+        return t.unsqueeze(1) if self.add_groups else t
+
+
+def _b_or_c(name: str, t: object, u: torch.Tensor, A: torch.Tensor) -> _Form:
+    """Validate B or C; return how it becomes the kernel's form (complex64 for complex A), which
+    tells whether it varies over time (``(batch, groups, dstate, seqlen)``) or not (``(dim, dstate)``)."""
     t = ck.check_tensor(name, t)
     batch, dim, seqlen = u.shape
     dstate = A.shape[1]
@@ -51,7 +70,7 @@ def _b_or_c(name: str, t: object, u: torch.Tensor, A: torch.Tensor) -> tuple[tor
         allowed = (torch.complex64, torch.float32) if cplx else (torch.float32,)
         ck.check_dtype(name, t, allowed, " (a time-invariant B/C has A's dtype)")
         ck.check_shape(name, t, [("dim", dim), ("dstate", dstate)])
-        return (t.to(torch.complex64) if cplx else t), False
+        return _Form(varying=False, to_complex=cplx and not t.is_complex())
 
     # Varying: real in u's dtype (complex A: re/im interleaved, length 2L), or complex64.
     if t.is_complex():
@@ -71,9 +90,55 @@ def _b_or_c(name: str, t: object, u: torch.Tensor, A: torch.Tensor) -> tuple[tor
         ck.shape_error(name, t, options, "with dim % groups == 0")
     if t.dim() == 4 and (t.shape[1] < 1 or dim % t.shape[1] != 0):
         ck.shape_error(name, t, options[1:2], "with dim % groups == 0")
-    if interleaved:
-        t = _as_complex(t)
-    return (t.unsqueeze(1) if t.dim() == 3 else t), True
+    return _Form(varying=True, interleaved=interleaved, add_groups=t.dim() == 3)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """What the checks of one argument signature decided."""
+
+    program: str
+    b: _Form
+    c: _Form
+
+
+_CHECKED: Memo[_Call] = Memo()
+
+
+def _check(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state,
+           cu_seqlens) -> _Call:
+    """Every argument check of :func:`selective_scan_fn` (raises naming the argument)."""
+    batch, dim, seqlen = ck.check_channel_input("u", u)
+    seq = [("batch", batch), ("dim", dim), ("seqlen", seqlen)]
+    ck.check_arg("delta", delta, seq, "u", u)
+    ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
+    ck.check_nonempty("A", A, ("dim", "dstate"))
+    b_form = _b_or_c("B", B, u, A)
+    c_form = _b_or_c("C", C, u, A)
+    b_groups = B.shape[1] if B.dim() == 4 else 1
+    c_groups = C.shape[1] if C.dim() == 4 else 1
+    if b_form.varying and c_form.varying and b_groups != c_groups:
+        raise ValueError(f"C: expected groups={b_groups} (the groups of B), got groups={c_groups}; "
+                         "a (batch, dstate, seqlen) B/C has one group")
+    vec = [("dim", dim)]
+    if D is not None:
+        ck.check_arg("D", D, vec, "u", u, (torch.float32,))
+    if z is not None:
+        ck.check_arg("z", z, seq, "u", u)
+    if delta_bias is not None:
+        ck.check_arg("delta_bias", delta_bias, vec, "u", u, (torch.float32,))
+    softplus = ck.check_flag("delta_softplus", delta_softplus)
+    ck.check_flag("return_last_state", return_last_state)
+    rows = batch
+    if cu_seqlens is not None:
+        rows = ck.check_packed(cu_seqlens, batch, seqlen, "u", u)
+    if initial_state is not None:
+        ck.check_state("initial_state", initial_state,
+                       [("batch" if cu_seqlens is None else "num_seqs", rows), ("dim", dim), ("dstate", A.shape[1])],
+                       A.dtype, "u", u)
+    prog = program_json(A.is_complex(), b_form.varying, c_form.varying, D is not None, z is not None,
+                        delta_bias is not None, softplus)
+    return _Call(prog, b_form, c_form)
 
 
 def selective_scan_fn(
@@ -119,37 +184,14 @@ def selective_scan_fn(
         ``out (batch, dim, seqlen)`` in u's dtype, and with ``return_last_state`` also
         ``last_state (batch or num_seqs, dim, dstate)`` float32 (complex64 for complex A).
     """
-    batch, dim, seqlen = ck.check_channel_input("u", u)
-    seq = [("batch", batch), ("dim", dim), ("seqlen", seqlen)]
-    delta = ck.check_arg("delta", delta, seq, "u", u)
-    A = ck.check_arg("A", A, [("dim", dim), ("dstate", None)], "u", u, WEIGHT_DTYPES)
-    ck.check_nonempty("A", A, ("dim", "dstate"))
-    B, varying_b = _b_or_c("B", B, u, A)
-    C, varying_c = _b_or_c("C", C, u, A)
-    if varying_b and varying_c and B.shape[1] != C.shape[1]:
-        raise ValueError(f"C: expected groups={B.shape[1]} (the groups of B), got groups={C.shape[1]}; "
-                         "a (batch, dstate, seqlen) B/C has one group")
-    vec = [("dim", dim)]
-    if D is not None:
-        D = ck.check_arg("D", D, vec, "u", u, (torch.float32,))
-    if z is not None:
-        z = ck.check_arg("z", z, seq, "u", u)
-    if delta_bias is not None:
-        delta_bias = ck.check_arg("delta_bias", delta_bias, vec, "u", u, (torch.float32,))
-    softplus = ck.check_flag("delta_softplus", delta_softplus)
-    want_state = ck.check_flag("return_last_state", return_last_state)
-    rows = batch
-    if cu_seqlens is not None:
-        rows = ck.check_packed(cu_seqlens, batch, seqlen, "u", u)
-    if initial_state is not None:
-        initial_state = ck.check_state("initial_state", initial_state,
-                                       [("batch" if cu_seqlens is None else "num_seqs", rows), ("dim", dim),
-                                        ("dstate", A.shape[1])], A.dtype, "u", u)
-
-    prog = program_json(A.is_complex(), varying_b, varying_c, D is not None, z is not None, delta_bias is not None,
-                        softplus)
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state, cu_seqlens)
+    if cu_seqlens is None and not torch.compiler.is_compiling():  # cu_seqlens' values are checked each call
+        call = _CHECKED.get_or_make(signature(args), lambda: _check(*args))
+    else:
+        call = _check(*args)
+    B, C = call.b.apply(B), call.c.apply(C)
     out, last = run_checked(
-        prog, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
-        initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=want_state, backend=backend,
+        call.program, {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias},
+        initial_state=initial_state, cu_seqlens=cu_seqlens, return_final_state=return_last_state, backend=backend,
     )
-    return (out, last) if want_state else out
+    return (out, last) if return_last_state else out
