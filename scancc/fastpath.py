@@ -55,6 +55,9 @@ def plain_eager(tensors: Iterable[Optional[torch.Tensor]]) -> bool:
     return True
 
 
+_MISSING: Any = object()
+
+
 class Memo(Generic[V]):
     """A bounded map from argument signatures to what an op derived from them."""
 
@@ -66,10 +69,10 @@ class Memo(Generic[V]):
         """The value stored under ``key``, else ``make()`` stored under it (an exception
         raised by ``make`` stores nothing; an unhashable key stores nothing either)."""
         try:
-            value = self._values.get(key)
+            value = self._values.get(key, _MISSING)
         except TypeError:
             return make()
-        if value is None:
+        if value is _MISSING:
             value = make()
             if len(self._values) >= self._entries:
                 self._values.clear()

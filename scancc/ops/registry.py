@@ -126,11 +126,11 @@ def _choose_kernel(program_json: str, backend: str, schedule_json: str, named: M
     name = backend or auto_backend(program_json, schedule_json, x.device, tuple(named))
     if schedule_json and _runs(program_json, name, schedule_json):
         return compiled(program_json, name, schedule_json), True
-    from ..autotune.select import choose_schedule
+    from .. import autotune
 
     program = _program(program_json)
     dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.float32
-    schedule, final = choose_schedule(program, name, _bind_dims(program_json, named), device=x.device, dtype=dtype)
+    schedule, final = autotune.choose_schedule(program, name, _bind_dims(program_json, named), device=x.device, dtype=dtype)
     return _compiled(program_json, name, schedule), final
 
 
@@ -471,8 +471,22 @@ def run_checked(
     backend = check_backend(backend)
     present = [k for k in _input_names(input_order(program_json)) if inputs.get(k) is not None]
     names = ",".join(present)
-    tensors = [inputs[k] for k in present]
-    # in plain eager mode with no gradient to record the dispatcher has nothing to add
-    op = _scan if plain_eager([*tensors, initial_state, cu_seqlens]) else scan
-    out, final = op(program_json, backend, schedule, names, tensors, initial_state, cu_seqlens, return_final_state)
+    out, final = dispatch_scan(program_json, backend, schedule, names, [inputs[k] for k in present], initial_state,
+                               cu_seqlens, return_final_state)
     return out, (final if return_final_state else None)
+
+
+def dispatch_scan(
+    program: str,
+    backend: str,
+    schedule: str,
+    names: str,
+    inputs: Sequence[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    return_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scancc::scan``, or in plain eager mode with no gradient to record (:func:`~scancc.fastpath.plain_eager`)
+    its implementation directly: the dispatcher would add nothing but host time."""
+    op = _scan if plain_eager([*inputs, initial_state, cu_seqlens]) else scan
+    return op(program, backend, schedule, names, inputs, initial_state, cu_seqlens, return_final_state)

@@ -7,9 +7,10 @@ from typing import Optional, Union
 
 import torch
 
+from ..fastpath import Memo, signature
 from ..ir import ssd
 from . import checks as ck
-from .registry import check_backend, scan
+from .registry import check_backend, dispatch_scan
 
 MIN_CHUNK, MAX_CHUNK = 16, 4096
 PARAM_DTYPES = ck.ACTIVATION_DTYPES
@@ -41,6 +42,63 @@ def schedule_json(chunk_size: int) -> str:
 
 def _float_arg(name: str, t: object, dims: list[ck.Dim], x: torch.Tensor) -> torch.Tensor:
     return ck.check_arg(name, t, dims, "x", x, PARAM_DTYPES)
+
+
+def _check(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_limit,
+           return_final_states, return_varlen_states) -> tuple[str, str, Optional[torch.Tensor]]:
+    """Every argument check of :func:`mamba_chunk_scan_combined` (raises naming the argument);
+    returns the program and schedule JSON and the initial states in kernel form."""
+    x = ck.check_tensor("x", x)
+    ck.check_dtype("x", x, ck.ACTIVATION_DTYPES)
+    if x.dim() != 4:
+        ck.shape_error("x", x, [[("batch", None), ("seqlen", None), ("heads", None), ("headdim", None)]])
+    batch, seqlen, heads, headdim = x.shape
+    ck.check_seqlen("x", seqlen)
+    ck.check_nonempty("x", x, ("batch", "seqlen", "heads", "headdim"))
+    ck.check_arg("dt", dt, [("batch", batch), ("seqlen", seqlen), ("heads", heads)], "x", x, ck.ACTIVATION_DTYPES)
+    _float_arg("A", A, [("heads", heads)], x)
+    B = ck.check_tensor("B", B)
+    ck.check_same_dtype("B", B, "x", x)
+    ck.check_device("B", B, "x", x)
+    ck.check_shape("B", B, [("batch", batch), ("seqlen", seqlen), ("groups", None), ("dstate", None)],
+                   f"with heads % groups == 0 (heads={heads})")
+    groups, dstate = B.shape[2], B.shape[3]
+    if groups < 1 or dstate < 1 or heads % groups:
+        ck.shape_error("B", B, [[("batch", batch), ("seqlen", seqlen), ("groups", None), ("dstate", None)]],
+                       f"with heads % groups == 0 (heads={heads})")
+    ck.check_arg("C", C, [("batch", batch), ("seqlen", seqlen), ("groups", groups), ("dstate", dstate)], "x", x)
+    chunk = ck.check_power_of_two("chunk_size", chunk_size, MIN_CHUNK, MAX_CHUNK)
+    if D is not None:
+        D = ck.check_tensor("D", D)
+        if D.dim() == 2:
+            _float_arg("D", D, [("heads", heads), ("headdim", headdim)], x)
+        else:
+            ck.check_dtype("D", D, PARAM_DTYPES)
+            ck.check_device("D", D, "x", x)
+            if tuple(D.shape) != (heads,):
+                ck.shape_error("D", D, [[("heads", heads)], [("heads", heads), ("headdim", headdim)]])
+    if z is not None:
+        ck.check_arg("z", z, [("batch", batch), ("seqlen", seqlen), ("heads", heads), ("headdim", headdim)], "x", x)
+    if dt_bias is not None:
+        _float_arg("dt_bias", dt_bias, [("heads", heads)], x)
+    if seq_idx is not None:
+        ck.check_arg("seq_idx", seq_idx, [("batch", batch), ("seqlen", seqlen)], "x", x, ck.INDEX_DTYPES)
+    softplus = ck.check_flag("dt_softplus", dt_softplus)
+    lo, hi = ck.check_limits("dt_limit", dt_limit)
+    ck.check_flag("return_final_states", return_final_states)
+    if ck.check_flag("return_varlen_states", return_varlen_states) and cu_seqlens is None:
+        raise ValueError("return_varlen_states: needs cu_seqlens (the packed sequences' offsets), got None")
+    num_seqs = batch
+    if cu_seqlens is not None:
+        num_seqs = ck.check_packed(cu_seqlens, batch, seqlen, "x", x)
+    if initial_states is not None:
+        initial_states = _initial_states(initial_states, x, batch, num_seqs, cu_seqlens is not None, heads, headdim,
+                                         dstate)
+    return (program_json(D is not None, z is not None, dt_bias is not None, softplus, lo, hi), schedule_json(chunk),
+            initial_states)
+
+
+_CHECKED: Memo[tuple[str, str]] = Memo()
 
 
 def mamba_chunk_scan_combined(
@@ -100,68 +158,23 @@ def mamba_chunk_scan_combined(
         if asked: ``out``, ``(out, final_states)``, ``(out, varlen_states)`` or
         ``(out, final_states, varlen_states)``.
     """
-    x = ck.check_tensor("x", x)
-    ck.check_dtype("x", x, ck.ACTIVATION_DTYPES)
-    if x.dim() != 4:
-        ck.shape_error("x", x, [[("batch", None), ("seqlen", None), ("heads", None), ("headdim", None)]])
-    batch, seqlen, heads, headdim = x.shape
-    ck.check_seqlen("x", seqlen)
-    ck.check_nonempty("x", x, ("batch", "seqlen", "heads", "headdim"))
-    dt = ck.check_arg("dt", dt, [("batch", batch), ("seqlen", seqlen), ("heads", heads)], "x", x,
-                      ck.ACTIVATION_DTYPES)
-    A = _float_arg("A", A, [("heads", heads)], x)
-    B = ck.check_tensor("B", B)
-    ck.check_same_dtype("B", B, "x", x)
-    ck.check_device("B", B, "x", x)
-    ck.check_shape("B", B, [("batch", batch), ("seqlen", seqlen), ("groups", None), ("dstate", None)],
-                   f"with heads % groups == 0 (heads={heads})")
-    groups, dstate = B.shape[2], B.shape[3]
-    if groups < 1 or dstate < 1 or heads % groups:
-        ck.shape_error("B", B, [[("batch", batch), ("seqlen", seqlen), ("groups", None), ("dstate", None)]],
-                       f"with heads % groups == 0 (heads={heads})")
-    C = ck.check_arg("C", C, [("batch", batch), ("seqlen", seqlen), ("groups", groups), ("dstate", dstate)], "x", x)
-    chunk = ck.check_power_of_two("chunk_size", chunk_size, MIN_CHUNK, MAX_CHUNK)
-    if D is not None:
-        D = ck.check_tensor("D", D)
-        if D.dim() == 2:
-            D = _float_arg("D", D, [("heads", heads), ("headdim", headdim)], x)
-        else:
-            ck.check_dtype("D", D, PARAM_DTYPES)
-            ck.check_device("D", D, "x", x)
-            if tuple(D.shape) != (heads,):
-                ck.shape_error("D", D, [[("heads", heads)], [("heads", heads), ("headdim", headdim)]])
-    if z is not None:
-        z = ck.check_arg("z", z, [("batch", batch), ("seqlen", seqlen), ("heads", heads), ("headdim", headdim)],
-                         "x", x)
-    if dt_bias is not None:
-        dt_bias = _float_arg("dt_bias", dt_bias, [("heads", heads)], x)
-    if seq_idx is not None:
-        seq_idx = ck.check_arg("seq_idx", seq_idx, [("batch", batch), ("seqlen", seqlen)], "x", x, ck.INDEX_DTYPES)
-    softplus = ck.check_flag("dt_softplus", dt_softplus)
-    lo, hi = ck.check_limits("dt_limit", dt_limit)
-    want_final = ck.check_flag("return_final_states", return_final_states)
-    want_varlen = ck.check_flag("return_varlen_states", return_varlen_states)
-    if want_varlen and cu_seqlens is None:
-        raise ValueError("return_varlen_states: needs cu_seqlens (the packed sequences' offsets), got None")
-    num_seqs = batch
-    if cu_seqlens is not None:
-        num_seqs = ck.check_packed(cu_seqlens, batch, seqlen, "x", x)
-    if initial_states is not None:
-        initial_states = _initial_states(initial_states, x, batch, num_seqs, cu_seqlens is not None, heads, headdim,
-                                         dstate)
-
-    program = program_json(D is not None, z is not None, dt_bias is not None, softplus, lo, hi)
-    schedule = schedule_json(chunk)
+    args = (x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, dt_softplus, dt_limit,
+            return_final_states, return_varlen_states)
+    if cu_seqlens is None and not torch.compiler.is_compiling():  # cu_seqlens' values are checked each call
+        program, schedule = _CHECKED.get_or_make(signature(args), lambda: _check(*args)[:2])
+    else:
+        program, schedule, initial_states = _check(*args)
     named = [("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias),
              ("seq_idx", seq_idx)]
     present = [(k, t) for k, t in named if t is not None]
     # seq_idx rides along after the program's own inputs: the SSD kernels read it by name.
-    out, final = scan(program, check_backend(backend), schedule, ",".join(k for k, _ in present),
-                      [t for _, t in present], initial_states, cu_seqlens, want_final or want_varlen)
+    out, final = dispatch_scan(program, check_backend(backend), schedule, ",".join(k for k, _ in present),
+                               [t for _, t in present], initial_states, cu_seqlens,
+                               return_final_states or return_varlen_states)
     results = [out]
-    if want_final:
+    if return_final_states:
         results.append(final[-1:] if cu_seqlens is not None else final)
-    if want_varlen:
+    if return_varlen_states:
         results.append(final)
     return results[0] if len(results) == 1 else tuple(results)
 

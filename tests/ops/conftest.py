@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ TILE = 16
 
 
 @pytest.fixture(autouse=True)
-def short_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+def short_tiles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Without a GPU, run the kernels with tiles of at most ``TILE`` time steps.
 
     Default tiles reach 2048 steps (plain scans, small states); under the interpreter every
@@ -19,15 +21,19 @@ def short_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     test sequences span several tiles, so the state carried between tiles is exercised too.
     """
     if torch.cuda.is_available():
+        yield
         return
     import scancc.autotune as autotune
 
-    original = autotune.best_schedule
+    original = autotune.choose_schedule
 
-    def best_schedule(program, backend, shapes, **kwargs):
-        schedule = original(program, backend, shapes, **kwargs)
+    def choose_schedule(program, backend, shapes, *args, **kwargs):
+        schedule, final = original(program, backend, shapes, *args, **kwargs)
         if schedule.block_l is None or schedule.block_l > TILE:
             schedule = schedule.replace(block_l=TILE)
-        return schedule
+        return schedule, final
 
-    monkeypatch.setattr(autotune, "best_schedule", best_schedule)
+    monkeypatch.setattr(autotune, "choose_schedule", choose_schedule)
+    autotune.clear_memo()  # kernels chosen without the patch are memoised
+    yield
+    autotune.clear_memo()
