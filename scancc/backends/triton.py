@@ -192,8 +192,6 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
     # ... and into the state of one step [BLOCK_D, BLOCK_N] ([BLOCK_D]), for the sequential forward.
     step_bc = dict(DL="[:, None]" if nd else "", DN="", NL="[None, :]", D1="[:, None]" if nd else "",
                    TILE="(BLOCK_D, BLOCK_N)" if nd else "(BLOCK_D,)")
-    # ... where a (d, t) value at one step already has the state's shape (gathered from the tile)
-    gather_bc = dict(step_bc, DL="")
     # ... and into one state entry's tile of steps × channels (unrolled_scan), where a
     # (d, n) value is entry n's [BLOCK_D] column and an (n, t) value its [BLOCK_L] row.
     # Its orientation follows the installed Triton (scancc.backends.triton_layout); LAX and DAX
@@ -218,7 +216,7 @@ def template_context(plan: DiagonalPlan, schedule: Schedule) -> dict[str, Any]:
         sequential=schedule.algorithm == "sequential",
         unrolled=schedule.algorithm == "unrolled_scan", unroll=unroll_count(schedule),
         unrolled_bwd=schedule.algorithm == "unrolled_scan" and unrolled_backward(plan),
-        tile_bc=tile_bc, step_bc=step_bc, gather_bc=gather_bc, lane_bc=lane_bc, **tile_bc,
+        tile_bc=tile_bc, step_bc=step_bc, lane_bc=lane_bc, **tile_bc,
         STATE_SHAPE="[BLOCK_D, BLOCK_N]" if nd else "[BLOCK_D]",
         T="[None, None, :]" if nd else "[None, :]",   # a (t,) mask into the tile
         ST="[:, :, None]" if nd else "[:, None]",     # the carried state into the tile
