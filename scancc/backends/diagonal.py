@@ -13,6 +13,7 @@ through torch autograd.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,7 +43,7 @@ class Operand:
     complex: bool = False
     optional: bool = False
 
-    @property
+    @functools.cached_property
     def strides(self) -> tuple[str, ...]:
         return tuple(f"stride_{self.name}_{axis}" for axis in LAYOUT_STRIDES[self.layout])
 
