@@ -95,9 +95,13 @@ def _scancc_schedule(schedule: Any) -> Callable[..., Any]:
     program_json, schedule_json = selective().to_json(), schedule.to_json()
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
-    def fn(*tensors: Any, delta_softplus: bool = True) -> Any:
+    def fn(*tensors: Any, delta_softplus: bool = True, **optional: Any) -> Any:
+        """``selective_scan_fn``'s calling convention: u, delta, A, B, C, then D, z, delta_bias
+        positionally or by name."""
         assert delta_softplus
-        out, _ = run_program(program_json, dict(zip(names, tensors)), backend="triton", schedule=schedule_json)
+        inputs = dict(zip(names, tensors))
+        inputs.update(optional)
+        out, _ = run_program(program_json, inputs, backend="triton", schedule=schedule_json)
         return out
 
     return fn
