@@ -7,10 +7,10 @@ same checks: the ops keep what they derived from the checks in a :class:`Memo` u
 signature. ``cu_seqlens`` is the exception (its values are checked on the host), so calls
 that pass it take no memo.
 
-:func:`plain_eager` says when an op may also call its implementation directly instead of
-through the ``torch.library`` dispatcher (and its Python autograd layer): in eager mode, with
-no gradient to record and no tracing, dispatch mode or functorch transform that would need
-to see the op.
+:func:`eager_mode` says when an op may also run without the ``torch.library`` dispatcher
+(and its Python autograd layer): in eager mode with no tracing, dispatch mode or functorch
+transform that would need to see the op, directly when no gradient is recorded, else
+through a ``torch.autograd.Function`` that keeps the forward's saved state for the backward.
 """
 
 from __future__ import annotations
@@ -38,21 +38,29 @@ def signature(values: Iterable[Any]) -> tuple[Any, ...]:
     )
 
 
-def plain_eager(tensors: Iterable[Optional[torch.Tensor]]) -> bool:
-    """Whether an op may run its implementation without the dispatcher: not traced by
-    ``torch.compile``, no gradient to record, no Python dispatch or function mode, no
-    functorch transform, and only plain ``torch.Tensor`` arguments (no subclasses such as
-    fake tensors)."""
+def eager_mode(tensors: Iterable[Optional[torch.Tensor]]) -> Optional[str]:
+    """How an op may run without the dispatcher: ``"direct"`` (call the implementation: no
+    gradient to record), ``"autograd"`` (through a ``torch.autograd.Function``: a gradient to
+    record), or ``None`` (through the dispatcher: traced by ``torch.compile``, under a Python
+    dispatch or function mode or a functorch transform, or given a tensor subclass such as a
+    fake tensor)."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() \
             or torch._C._is_torch_function_mode_enabled() or torch._C._functorch.peek_interpreter_stack() is not None:
-        return False
+        return None
     grad = torch.is_grad_enabled()
+    needs_grad = False
     for t in tensors:
         if t is None:
             continue
-        if type(t) is not torch.Tensor or (grad and t.requires_grad):
-            return False
-    return True
+        if type(t) is not torch.Tensor:
+            return None
+        needs_grad = needs_grad or (grad and t.requires_grad)
+    return "autograd" if needs_grad else "direct"
+
+
+def plain_eager(tensors: Iterable[Optional[torch.Tensor]]) -> bool:
+    """Whether an op may call its implementation directly (:func:`eager_mode` is ``"direct"``)."""
+    return eager_mode(tensors) == "direct"
 
 
 _MISSING: Any = object()

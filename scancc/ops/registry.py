@@ -19,7 +19,10 @@ disables a custom op's autograd)::
 *recomputes* the forward with ``save_for_backward=True`` before running the backend's
 backward: the forward op then returns only ``out``/``final_state`` (whose shapes the fake
 kernel knows), instead of backend-specific checkpoints of unknown shape. The cost is one
-extra forward pass per backward. Double backward is not supported.
+extra forward pass per backward, paid only where the ops are traced: in eager mode
+:func:`dispatch_scan` runs the implementation directly (no gradient recorded) or through
+:class:`_EagerScan`, which keeps the forward's checkpoints for the backward
+(:mod:`scancc.fastpath`). Double backward is not supported.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from typing import Iterator, Mapping, Optional, Sequence
 import torch
 
 from ..ir import Program, Schedule, TensorSpec
-from ..fastpath import plain_eager
+from ..backends.base import ScanForward
+from ..fastpath import eager_mode
 from . import checks as ck
 
 DEFAULT_BACKEND = ""
@@ -291,6 +295,15 @@ def scan_backward(
         # a kernel whose backward needs less than the whole forward says so by prepare_backward
         prepare = getattr(kernel, "prepare_backward", None) or functools.partial(kernel.forward, save_for_backward=True)
         fwd = prepare(named, initial_state=h0, cu_seqlens=cu_seqlens, return_final_state=grad_final_state is not None)
+    return _gradients(kernel, fwd, backend, named, h0, cu_seqlens, grad_out, grad_final_state)
+
+
+def _gradients(kernel, fwd, backend: str, named: Mapping[str, torch.Tensor], h0: Optional[torch.Tensor],
+               cu_seqlens: Optional[torch.Tensor], grad_out: torch.Tensor,
+               grad_final_state: Optional[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernel's backward from ``fwd`` (its forward's saved state): one gradient per input of
+    ``named`` (zeros for integer inputs), then ``initial_state``'s if ``h0`` is given."""
+    with _autograd_inside_op():
         grads = kernel.backward(
             fwd, named, grad_out.contiguous(),
             None if grad_final_state is None else grad_final_state.contiguous(),
@@ -476,6 +489,52 @@ def run_checked(
     return out, (final if return_final_state else None)
 
 
+class _EagerScan(torch.autograd.Function):
+    """``scancc::scan`` with its gradient in eager mode: the forward keeps what the kernel's
+    backward reads (e.g. the diagonal kernels' state checkpoints), so the backward does not
+    run the forward again as ``scancc::scan_backward`` must (under tracing the fake kernels
+    cannot know a backend's saved tensors). Kernels whose saved state is not a flat mapping
+    of tensors recompute, as that op does."""
+
+    @staticmethod
+    def forward(ctx, program: str, backend: str, schedule: str, names: str, initial_state: Optional[torch.Tensor],
+                cu_seqlens: Optional[torch.Tensor], return_final_state: bool, *inputs: torch.Tensor):
+        named = _named(names, inputs)
+        kernel = _kernel(program, backend, schedule, named)
+        h0 = None if initial_state is None else initial_state.contiguous()
+        fwd = kernel.forward(named, initial_state=h0, cu_seqlens=cu_seqlens, return_final_state=return_final_state,
+                             save_for_backward=True)
+        saved = fwd.saved if all(isinstance(v, torch.Tensor) for v in fwd.saved.values()) else None
+        ctx.config = (program, backend, schedule, names, return_final_state, len(inputs), h0 is not None,
+                      cu_seqlens is not None, None if saved is None else tuple(saved))
+        ctx.save_for_backward(*inputs, *([h0] if h0 is not None else []),
+                              *([cu_seqlens] if cu_seqlens is not None else []),
+                              *(saved.values() if saved is not None else ()))
+        final = fwd.final_state if return_final_state else None
+        out = fwd.out.contiguous()
+        return out, (_empty(out) if final is None else final.contiguous())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor, grad_final_state: torch.Tensor):
+        program, backend, schedule, names, return_final_state, count, has_h0, has_cu, saved_keys = ctx.config
+        tensors = list(ctx.saved_tensors)
+        inputs, rest = tensors[:count], tensors[count:]
+        h0 = rest.pop(0) if has_h0 else None
+        cu_seqlens = rest.pop(0) if has_cu else None
+        named = _named(names, inputs)
+        kernel = _kernel(program, backend, schedule, named)
+        dfinal = grad_final_state if return_final_state else None
+        if saved_keys is None:
+            grads = scan_backward(program, backend, schedule, names, inputs, h0, cu_seqlens, grad_out, dfinal)
+        else:
+            fwd = ScanForward(out=grad_out.new_empty((0,)), final_state=None, saved=dict(zip(saved_keys, rest)))
+            grads = _gradients(kernel, fwd, backend, named, h0, cu_seqlens, grad_out, dfinal)
+        differentiable = [t.dtype.is_floating_point or t.dtype.is_complex for t in inputs]
+        input_grads = [g if ok else None for g, ok in zip(grads, differentiable)]
+        return (None, None, None, None, grads[count] if has_h0 else None, None, None, *input_grads)
+
+
 def dispatch_scan(
     program: str,
     backend: str,
@@ -486,7 +545,13 @@ def dispatch_scan(
     cu_seqlens: Optional[torch.Tensor],
     return_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scancc::scan``, or in plain eager mode with no gradient to record (:func:`~scancc.fastpath.plain_eager`)
-    its implementation directly: the dispatcher would add nothing but host time."""
-    op = _scan if plain_eager([*inputs, initial_state, cu_seqlens]) else scan
-    return op(program, backend, schedule, names, inputs, initial_state, cu_seqlens, return_final_state)
+    """``scancc::scan``, or in plain eager mode (:func:`~scancc.fastpath.eager_mode`) its
+    implementation directly when no gradient is recorded, and :class:`_EagerScan` when one is:
+    the dispatcher would add only host time, and its backward a second forward pass."""
+    mode = eager_mode([*inputs, initial_state, cu_seqlens])
+    if mode == "direct":
+        return _scan(program, backend, schedule, names, inputs, initial_state, cu_seqlens, return_final_state)
+    if mode == "autograd":
+        return _EagerScan.apply(program, backend, schedule, names, initial_state, cu_seqlens, return_final_state,
+                                *inputs)
+    return scan(program, backend, schedule, names, inputs, initial_state, cu_seqlens, return_final_state)
