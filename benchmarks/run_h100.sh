@@ -38,9 +38,10 @@ prebuild_warp() {  # torch builds accelerated-scan's CUDA kernel on first import
   timeout "${WARP_BUILD_TIMEOUT:-300}" $py -c "import accelerated_scan.warp" >"$out/warp_build.log" 2>&1 \
     || echo "accelerated_scan.warp did not build (see $out/warp_build.log): its rows will say so" >&2
 }
-gpu_tests() {  # tests that time themselves run afterwards, alone
-  $py -m pytest -m "gpu and not timing" -q -rfE -n "${TEST_WORKERS:-8}" -p no:cacheprovider tests 2>&1 \
+gpu_tests() {  # comparisons with peers (minutes of their autotuning) and tests that time themselves run apart
+  $py -m pytest -m "gpu and not timing and not peer" -q -rfE -n "${TEST_WORKERS:-8}" -p no:cacheprovider tests 2>&1 \
     | tee "$out/gpu_tests.log" || status=1
+  $py -m pytest -m "gpu and peer" -q -rfE -n 2 -p no:cacheprovider tests 2>&1 | tee -a "$out/gpu_tests.log" || status=1
   $py -m pytest -m "gpu and timing" -q -rfE -p no:cacheprovider tests 2>&1 | tee -a "$out/gpu_tests.log" || status=1
 }
 case "$which" in

@@ -43,6 +43,7 @@ def test_benchmark_shape_matches_oracle() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.peer
 def test_benchmark_shape_matches_mamba_ssm() -> None:
     peer = pytest.importorskip("mamba_ssm.ops.triton.mamba3.mamba3_siso_combined")
     from bench_mamba3 import GRAD_ARGS

@@ -70,6 +70,7 @@ def test_anchor_shape_forward_matches_the_oracle() -> None:
             assert oracle.rel_l2(final[row:row + 1], want_final) <= BF16
 
 
+@pytest.mark.peer
 def test_anchor_shape_against_mamba_ssm() -> None:
     peer = pytest.importorskip("mamba_ssm.ops.triton.ssd_combined")
     inputs = gpu_inputs(**ANCHOR)
