@@ -282,7 +282,8 @@ class DiagonalScanHost(abc.ABC):
         (the same for every call of this signature: :meth:`_kernel_tensor` reads metadata)."""
         b = self._bind_checked(inputs, cu_seqlens)
         given = _kernel_operands(self.plan, inputs)
-        return b, [op for op in self.plan.operands if b.tensors[op.name] is not given.get(op.name)]
+        converted = [op for op in self.plan.operands if b.tensors[op.name] is not given.get(op.name)]
+        return b.with_tensors({}, None), converted  # the memo must not keep this call's tensors alive
 
     def _bind_checked(self, inputs: Inputs, cu_seqlens: Optional[torch.Tensor]) -> Binding:
         b = check_inputs(self.plan, inputs, cu_seqlens)

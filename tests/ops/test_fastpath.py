@@ -214,3 +214,19 @@ def test_eager_gradients_equal_the_dispatched_ops_without_a_second_forward(
         assert forwards[0] == 3
     for name, a, b in zip(("u", "delta", "A", "B", "C", "D", "z", "h0"), eager, dispatched):
         assert_close(f"d{name}", a, b, 1e-5)
+
+
+@pytest.mark.parametrize("backend", ["triton", None])
+def test_memos_do_not_keep_a_calls_tensors_alive(backend: str) -> None:
+    import gc
+    import weakref
+
+    selective_module._CHECKED.clear()
+    autotune.clear_memo()
+    u, delta, A, B, C, D, z = selective_inputs(11, seqlen=5)
+    with torch.no_grad():
+        out = selective_scan_fn(u, delta, A, B, C, D, z, backend=backend)
+    refs = [weakref.ref(t) for t in (u, delta, A, B, C, D, z, out)]
+    del u, delta, A, B, C, D, z, out
+    gc.collect()
+    assert all(ref() is None for ref in refs)
