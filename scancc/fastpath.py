@@ -73,6 +73,16 @@ class Memo(Generic[V]):
         self._entries = entries
         self._values: dict[Hashable, V] = {}
 
+    def get(self, key: Hashable) -> Optional[V]:
+        """The value stored under ``key`` (``None`` if none is)."""
+        return self._values.get(key)
+
+    def put(self, key: Hashable, value: V) -> None:
+        """Store ``value`` under ``key`` (starting over when the memo is full)."""
+        if len(self._values) >= self._entries:
+            self._values.clear()
+        self._values[key] = value
+
     def get_or_make(self, key: Hashable, make: Callable[[], V]) -> V:
         """The value stored under ``key``, else ``make()`` stored under it (an exception
         raised by ``make`` stores nothing; an unhashable key stores nothing either)."""
@@ -82,9 +92,7 @@ class Memo(Generic[V]):
             return make()
         if value is _MISSING:
             value = make()
-            if len(self._values) >= self._entries:
-                self._values.clear()
-            self._values[key] = value
+            self.put(key, value)
         return value
 
     def __len__(self) -> int:

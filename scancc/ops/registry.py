@@ -37,7 +37,7 @@ import torch
 
 from ..ir import Program, Schedule, TensorSpec
 from ..backends.base import ScanForward
-from ..fastpath import eager_mode
+from ..fastpath import Memo, eager_mode
 from . import checks as ck
 
 DEFAULT_BACKEND = ""
@@ -101,27 +101,23 @@ def _kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[
     if kernel is None:
         kernel, final = _choose_kernel(program_json, backend, schedule_json, named)
         if final:
-            _KERNELS[key] = kernel
+            if not _KERNELS_REGISTERED:
+                _register_kernel_memo()
+            _KERNELS.put(key, kernel)
     return kernel
 
 
-class _KernelMemo(dict):
-    """:func:`_kernel`'s memo: bounded, and cleared with the autotuner's (:func:`scancc.autotune.clear_memo`)."""
-
-    registered = False
-
-    def __setitem__(self, key: object, value: object) -> None:
-        if not self.registered:
-            from ..autotune.select import register_dependent_memo
-
-            register_dependent_memo(self)
-            self.registered = True
-        if len(self) >= 1024:
-            self.clear()
-        super().__setitem__(key, value)
+_KERNELS: Memo[object] = Memo(entries=1024)
+""":func:`_kernel`'s memo, cleared with the autotuner's (:func:`scancc.autotune.clear_memo`)."""
+_KERNELS_REGISTERED = False
 
 
-_KERNELS = _KernelMemo()
+def _register_kernel_memo() -> None:
+    global _KERNELS_REGISTERED
+    from ..autotune.select import register_dependent_memo
+
+    register_dependent_memo(_KERNELS)
+    _KERNELS_REGISTERED = True
 
 
 def _choose_kernel(program_json: str, backend: str, schedule_json: str, named: Mapping[str, torch.Tensor]):
@@ -232,13 +228,25 @@ def _scan(
     cu_seqlens: Optional[torch.Tensor],
     return_final_state: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    named = _named(names, inputs)
-    fwd = _kernel(program, backend, schedule, named).forward(
+    fwd = _forward(program, backend, schedule, _named(names, inputs), initial_state, cu_seqlens, return_final_state)
+    return _outputs(fwd, return_final_state)
+
+
+def _forward(program: str, backend: str, schedule: str, named: Mapping[str, torch.Tensor],
+             initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor], return_final_state: bool,
+             save_for_backward: bool = False) -> ScanForward:
+    """The compiled kernel's forward for one call (``initial_state`` made contiguous)."""
+    return _kernel(program, backend, schedule, named).forward(
         named,
         initial_state=None if initial_state is None else initial_state.contiguous(),
         cu_seqlens=cu_seqlens,
         return_final_state=return_final_state,
+        save_for_backward=save_for_backward,
     )
+
+
+def _outputs(fwd: ScanForward, return_final_state: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scancc::scan``'s outputs: ``out`` and the final state (empty unless asked for), contiguous."""
     final = fwd.final_state if return_final_state else None
     return fwd.out.contiguous(), (_empty(fwd.out) if final is None else final.contiguous())
 
@@ -351,10 +359,13 @@ def _backward(ctx, grad_out: torch.Tensor, grad_final_state: torch.Tensor):
     cu_seqlens = saved[-1] if ctx.has_cu else None
     grads = scan_backward(program, backend, schedule, names, tensors, initial_state, cu_seqlens, grad_out,
                           grad_final_state if return_final_state else None)
-    differentiable = [t.dtype.is_floating_point or t.dtype.is_complex for t in tensors]
-    input_grads = [g if ok else None for g, ok in zip(grads, differentiable)]
     state_grad = grads[ctx.count] if ctx.has_state else None
-    return None, None, None, None, input_grads, state_grad, None, None
+    return None, None, None, None, _input_grads(tensors, grads), state_grad, None, None
+
+
+def _input_grads(inputs: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+    """The gradients autograd takes for ``inputs``: ``None`` for integer inputs (``seq_idx``)."""
+    return [g if t.dtype.is_floating_point or t.dtype.is_complex else None for t, g in zip(inputs, grads)]
 
 
 scan.register_autograd(_backward, setup_context=_setup_context)
@@ -499,20 +510,15 @@ class _EagerScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, program: str, backend: str, schedule: str, names: str, initial_state: Optional[torch.Tensor],
                 cu_seqlens: Optional[torch.Tensor], return_final_state: bool, *inputs: torch.Tensor):
-        named = _named(names, inputs)
-        kernel = _kernel(program, backend, schedule, named)
-        h0 = None if initial_state is None else initial_state.contiguous()
-        fwd = kernel.forward(named, initial_state=h0, cu_seqlens=cu_seqlens, return_final_state=return_final_state,
-                             save_for_backward=True)
+        fwd = _forward(program, backend, schedule, _named(names, inputs), initial_state, cu_seqlens,
+                       return_final_state, save_for_backward=True)
         saved = fwd.saved if all(isinstance(v, torch.Tensor) for v in fwd.saved.values()) else None
-        ctx.config = (program, backend, schedule, names, return_final_state, len(inputs), h0 is not None,
+        ctx.config = (program, backend, schedule, names, return_final_state, len(inputs), initial_state is not None,
                       cu_seqlens is not None, None if saved is None else tuple(saved))
-        ctx.save_for_backward(*inputs, *([h0] if h0 is not None else []),
+        ctx.save_for_backward(*inputs, *([initial_state] if initial_state is not None else []),
                               *([cu_seqlens] if cu_seqlens is not None else []),
                               *(saved.values() if saved is not None else ()))
-        final = fwd.final_state if return_final_state else None
-        out = fwd.out.contiguous()
-        return out, (_empty(out) if final is None else final.contiguous())
+        return _outputs(fwd, return_final_state)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -522,17 +528,15 @@ class _EagerScan(torch.autograd.Function):
         inputs, rest = tensors[:count], tensors[count:]
         h0 = rest.pop(0) if has_h0 else None
         cu_seqlens = rest.pop(0) if has_cu else None
-        named = _named(names, inputs)
-        kernel = _kernel(program, backend, schedule, named)
         dfinal = grad_final_state if return_final_state else None
         if saved_keys is None:
             grads = scan_backward(program, backend, schedule, names, inputs, h0, cu_seqlens, grad_out, dfinal)
         else:
+            named = _named(names, inputs)
             fwd = ScanForward(out=grad_out.new_empty((0,)), final_state=None, saved=dict(zip(saved_keys, rest)))
-            grads = _gradients(kernel, fwd, backend, named, h0, cu_seqlens, grad_out, dfinal)
-        differentiable = [t.dtype.is_floating_point or t.dtype.is_complex for t in inputs]
-        input_grads = [g if ok else None for g, ok in zip(grads, differentiable)]
-        return (None, None, None, None, grads[count] if has_h0 else None, None, None, *input_grads)
+            grads = _gradients(_kernel(program, backend, schedule, named), fwd, backend, named,
+                               None if h0 is None else h0.contiguous(), cu_seqlens, grad_out, dfinal)
+        return (None, None, None, None, grads[count] if has_h0 else None, None, None, *_input_grads(inputs, grads))
 
 
 def dispatch_scan(
